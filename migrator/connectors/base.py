@@ -1,0 +1,90 @@
+"""Source and Destination protocols, the Account a connector is opened with, and the
+registry of connector types.
+
+Contracts (every implementation keeps them; the conformance suite checks them):
+
+* A connector instance is used by one thread at a time. ``close()`` is idempotent.
+* Folder paths are tuples of decoded Unicode parts. Encoding (modified UTF-7,
+  separators, Maildir++ dots, namespace prefixes) happens only inside the connector.
+* Errors are raised as ``migrator.errors`` types: ``AuthError`` / ``TLSError`` /
+  ``ConnectError`` when opening, ``TransientError`` for a dropped connection or
+  timeout (the caller reconnects by opening a new instance), ``MessageError`` when
+  the server refuses a message, ``QuotaError`` when the mailbox is full,
+  ``FolderError`` for a folder that cannot be created or selected.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+from migrator.errors import PlanError
+from migrator.model import Account, Capabilities, FolderInfo, FolderPath, MessageMeta, Secret
+
+__all__ = ["REGISTRY", "Account", "Destination", "Role", "Secret", "Source", "open_store"]
+
+
+@runtime_checkable
+class Source(Protocol):
+    capabilities: Capabilities
+
+    def list_folders(self) -> list[FolderInfo]:
+        """Every folder, with special-use and validity. Read-only. Idempotent."""
+        ...
+
+    def list_messages(self, folder: FolderInfo) -> list[MessageMeta]:
+        """Every message of ``folder`` with size, flags, internal date and Message-ID.
+        Read-only: never changes flags (no \\Seen side effect). Raises FolderError
+        when the folder is gone."""
+        ...
+
+    def fetch(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> Iterator[tuple[MessageMeta, bytes]]:
+        """The exact bytes of ``msgs`` (in any order), each with fresh metadata.
+        Messages that vanished meanwhile are simply not yielded. Read-only."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Destination(Source, Protocol):
+    def find_folder(self, path: FolderPath) -> FolderInfo | None:
+        """The folder at ``path`` if it exists, else None. Read-only (dry runs use it)."""
+        ...
+
+    def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> FolderInfo:
+        """Create ``path`` (and its parents) unless it exists; return it. Idempotent:
+        an existing folder is success. ``special_use`` is a hint the store may record."""
+        ...
+
+    def append(self, folder: FolderInfo, items: Sequence[tuple[MessageMeta, bytes]]) -> list[str | None]:
+        """Store ``items`` in ``folder`` with their flags, keywords and internal dates.
+
+        Returns one destination id per item (None where the store does not say).
+        Returning means the store confirmed every item. Raises MessageError when the
+        store refused the batch (the caller retries items one by one to find the
+        culprit), QuotaError when full, TransientError when the outcome is unknown
+        (the caller must look at the destination before sending again)."""
+        ...
+
+
+Role = Literal["source", "destination"]
+
+# type -> "module:function"; the function takes (account, role) and returns a store.
+REGISTRY: dict[str, str] = {
+    "imap": "migrator.connectors.imap:open_imap",
+    "maildir": "migrator.connectors.local:open_maildir",
+    "mbox": "migrator.connectors.local:open_mbox",
+}
+
+
+def open_store(account: Account, role: Role) -> Destination:
+    """Open a connector for ``account``. Raises AuthError/ConnectError/TLSError."""
+    try:
+        target = REGISTRY[account.type]
+    except KeyError:
+        raise PlanError(f"unknown endpoint type {account.type!r}") from None
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return func(account, role)

@@ -1,0 +1,235 @@
+"""Frozen data shared by connectors, the engine and the state store.
+
+Nothing here does I/O. Folder paths are tuples of decoded Unicode parts: never
+modified UTF-7, never joined by a server's separator (encoding lives at the edge,
+inside each connector).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from migrator.errors import PlanError
+
+# IMAP system flags as they travel between connectors. Keywords are any other flag
+# string (e.g. "$Forwarded", "Work"). "\\Recent" is never carried: servers refuse it.
+SEEN = "\\Seen"
+ANSWERED = "\\Answered"
+FLAGGED = "\\Flagged"
+DELETED = "\\Deleted"
+DRAFT = "\\Draft"
+SYSTEM_FLAGS = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT})
+
+# Special-use attributes (RFC 6154) we map between servers.
+SPECIAL_USES = ("\\Sent", "\\Trash", "\\Junk", "\\Drafts", "\\Archive")
+
+FolderPath = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a connector can do, declared as data (rclone's fs.Features).
+
+    The engine reads these; it never probes a connector with hasattr.
+    """
+
+    folders: bool = True  # POP3: False (one folder)
+    flags: bool = True  # can carry \\Seen etc.
+    keywords: bool = True  # can carry arbitrary keywords
+    internal_date: bool = True
+    append_returns_id: bool = False  # UIDPLUS, EWS
+    max_message_bytes: int | None = None
+    # Characters a single folder-name part cannot contain at this store (its
+    # hierarchy separator, "/" in Maildir++ names, ...). folders.py renames such
+    # parts and reports the rename.
+    forbidden_name_chars: str = ""
+    max_name_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    path: FolderPath  # decoded Unicode parts, () is never valid; ("INBOX",) is the inbox
+    special_use: str | None = None  # "\\Sent", "\\Trash", ... or None
+    validity: int | None = None  # UIDVALIDITY or equivalent; a change invalidates ids
+    selectable: bool = True  # \\Noselect containers are listed but hold no messages
+
+    @property
+    def is_inbox(self) -> bool:
+        return len(self.path) == 1 and self.path[0].upper() == "INBOX"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMeta:
+    """One message as listed by a connector, without its body.
+
+    ``size`` is the RFC 822 size: octets of the message with CRLF line endings
+    (what IMAP's RFC822.SIZE reports). Local stores holding LF files report the
+    CRLF-normalised size so that sizes compare across store types.
+    """
+
+    id: str  # native id: IMAP UID, POP3 UIDL, EWS ItemId, Maildir key, mbox offset key
+    size: int
+    flags: frozenset[str] = frozenset()  # system flags and keywords, never \\Recent
+    internal_date: datetime | None = None  # timezone-aware
+    message_id: str | None = None  # normalised: folding whitespace removed, None if absent
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+def normalise_message_id(raw: str | bytes | None) -> str | None:
+    """Message-ID header value without folding whitespace; None when empty or absent."""
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "surrogateescape")
+    value = "".join(raw.split())
+    return value or None
+
+
+def message_id_from_header_block(block: bytes) -> str | None:
+    """Extract the first Message-ID from a raw header block (handles folding, any case)."""
+    lines = block.replace(b"\r\n", b"\n").split(b"\n")
+    for i, line in enumerate(lines):
+        if line[:11].lower() == b"message-id:":
+            value = line[11:]
+            for cont in lines[i + 1 :]:
+                if cont[:1] in (b" ", b"\t"):
+                    value += cont
+                else:
+                    break
+            return normalise_message_id(value)
+        if line == b"":
+            break
+    return None
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header part of a raw message (up to the first empty line)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        idx = raw.find(sep)
+        if idx >= 0:
+            return raw[: idx + len(sep)]
+    return raw
+
+
+def crlf_size(raw: bytes) -> int:
+    """Size of ``raw`` with every bare LF counted as CRLF (IMAP's RFC822.SIZE)."""
+    return len(raw) + raw.count(b"\n") - raw.count(b"\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A password reference, resolved only when a connection is made.
+
+    Never printed: ``repr`` and ``str`` show where it comes from, not the value.
+    """
+
+    env: str | None = None
+    file: str | None = None
+    value: str | None = field(default=None, repr=False)  # from a mailbox CSV or a prompt
+    origin: str = ""  # "users.csv:4" etc., for error messages
+
+    def get(self) -> str:
+        if self.value is not None:
+            return self.value
+        if self.env is not None:
+            got = os.environ.get(self.env)
+            if got is None:
+                where = self.origin or "password_env"
+                raise PlanError(f"{where}: environment variable {self.env} is not set")
+            return got
+        if self.file is not None:
+            try:
+                return Path(self.file).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise PlanError(
+                    f"{self.origin or 'password_file'}: cannot read {self.file}: {exc.strerror}"
+                ) from None
+        raise PlanError(f"{self.origin or 'credentials'}: no password given")
+
+    def __str__(self) -> str:
+        if self.env:
+            return f"<secret from ${self.env}>"
+        if self.file:
+            return f"<secret from {self.file}>"
+        return "<secret>"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One side of one mailbox job: which store, where, and as whom."""
+
+    type: str  # "imap", "maildir", "mbox" (later "pop3", "ews", ...)
+    host: str | None = None
+    port: int | None = None
+    security: Literal["tls", "starttls", "none"] = "tls"
+    verify_tls: bool = True
+    ca_file: str | None = None
+    user: str | None = None
+    secret: Secret | None = None
+    path: str | None = None  # local stores
+    timeout: float = 60.0  # seconds for any single network read or write
+    options: Mapping[str, Any] = field(default_factory=dict)  # connector-specific
+
+    def describe(self) -> str:
+        """A human label without secrets: ``imap://alice@host:993`` or ``maildir:/path``."""
+        if self.path is not None and self.host is None:
+            return f"{self.type}:{self.path}"
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{self.type}://{user}{self.host}{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRules:
+    """Which source folders are copied and where they go (applied by folders.py).
+
+    Patterns match the source path joined with "/" (e.g. "Archive/2019"), and are
+    full-string matches (``re.fullmatch``)."""
+
+    include: tuple[re.Pattern[str], ...] = ()  # empty: every folder
+    exclude: tuple[re.Pattern[str], ...] = ()
+    renames: tuple[tuple[re.Pattern[str], str], ...] = ()  # (pattern, replacement) on the joined path
+    special_use_automap: bool = True  # map Sent/Trash/... to the destination's own
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which messages are copied. A message filtered out is counted as skipped with a reason."""
+
+    since: datetime | None = None  # internal date >= since (timezone-aware)
+    before: datetime | None = None  # internal date < before
+    min_size: int | None = None
+    max_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    folders: FolderRules = FolderRules()
+    filters: Filters = Filters()
+    parallel_mailboxes: int = 2
+    batch_bytes: int = 4 * 1024 * 1024  # FETCH/APPEND batches are cut at this many bytes
+    batch_messages: int = 500  # ... or at this many messages
+    retries: int = 5  # reconnect-and-resume attempts per folder on retryable errors
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxJob:
+    id: str  # unique within a plan; the state DB keys rows by it
+    source: Account
+    destination: Account
+    options: Options = Options()
+    origin: str = ""  # "plans/acme.yaml:12" or "users.csv:4", for messages
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    jobs: tuple[MailboxJob, ...]
+    state_path: Path  # state/<name>.db unless the plan or CLI says otherwise
+    source_file: Path | None = None
