@@ -30,6 +30,7 @@ SYSTEM_FLAGS = frozenset({SEEN, ANSWERED, FLAGGED, DELETED, DRAFT})
 SPECIAL_USES = ("\\Sent", "\\Trash", "\\Junk", "\\Drafts", "\\Archive")
 
 FolderPath = tuple[str, ...]
+MatchKey = tuple[str, str, int]  # ("mid", message_id, size) or ("sha", content_hash, size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,3 +234,12 @@ class Plan:
     jobs: tuple[MailboxJob, ...]
     state_path: Path  # state/<name>.db unless the plan or CLI says otherwise
     source_file: Path | None = None
+
+
+def match_key(message_id: str | None, size: int, content_hash: str | None) -> MatchKey | None:
+    """The identity used to recognise a message at the destination, or None."""
+    if message_id:
+        return ("mid", message_id, size)
+    if content_hash:
+        return ("sha", content_hash, size)
+    return None

@@ -1,0 +1,394 @@
+"""The checkpoint store: ``state/<plan>.db``, SQLite through sqlite-utils.
+
+One connection, one writer (a lock serialises the worker threads), batched
+transactions, WAL journal on local files. A message row reaches ``copied`` only
+after the destination confirmed it; before an APPEND the batch is recorded as
+``pending`` so that a crash between the destination's acceptance and the
+checkpoint is recognised on resume (the destination is looked at before
+anything pending is sent again).
+
+Nothing secret is ever stored: job ids, folder names, Message-IDs, sizes, ids.
+
+Schema (version 1)::
+
+    meta(key PK, value)                     schema_version, created
+    runs(id PK, started, finished, status, command, dry_run, copied, matched,
+         skipped, failed, bytes)
+    folders(job, src_folder, src_validity, dst_folder, reconciled, updated)   PK (job, src_folder)
+    messages(job, src_folder, src_validity, src_id, dst_folder, dst_id, size,
+             message_id, content_hash, status, reason, run_id, updated)
+             PK (job, src_folder, src_validity, src_id)
+             status: pending | copied | matched | skipped | failed
+    errors(id PK, run_id, job, folder, src_id, kind, message, at)
+
+Folder paths are stored as JSON arrays of their decoded parts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from migrator.model import FolderPath, MatchKey, MessageMeta, match_key
+
+SCHEMA_VERSION = 1
+DONE = ("copied", "matched")
+
+
+def folder_key(path: FolderPath) -> str:
+    return json.dumps(list(path), ensure_ascii=False)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, slots=True)
+class FolderState:
+    validity: int | None
+    reconciled: bool
+    done: frozenset[str]  # source ids copied or matched
+    pending: frozenset[str]  # source ids sent but not confirmed (a crash happened)
+    known: bool  # the folder has a row
+
+
+class State:
+    """Checkpoint store. Thread-safe; every write is one transaction."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path | None, readonly: bool = False):
+        self.db = db
+        self.path = path
+        self.readonly = readonly
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: Path | str, *, readonly: bool = False) -> State:
+        """Open (creating, 0600, with the schema) the DB at ``path``.
+
+        ``readonly``: a dry run must leave no trace; if the file does not exist an
+        empty in-memory store is used, otherwise the file is opened read-only."""
+        path = Path(path)
+        if readonly:
+            if not path.exists():
+                db = sqlite_utils.Database(memory=True)
+                state = cls(db, None, readonly=True)
+                state._create_schema()
+                return state
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            state = cls(sqlite_utils.Database(conn), path, readonly=True)
+            state._check_version()
+            return state
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+        db = sqlite_utils.Database(conn)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        state = cls(db, path)
+        state._create_schema()
+        return state
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
+
+    def _check_version(self) -> None:
+        if "meta" not in self.db.table_names():
+            return
+        row = self.db.execute("select value from meta where key = 'schema_version'").fetchone()
+        if row and int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: state schema {row[0]} is newer than this migrator ({SCHEMA_VERSION})"
+            )
+
+    def _create_schema(self) -> None:
+        self._check_version()
+        with self._tx():
+            self.db.execute("create table if not exists meta (key text primary key, value text)")
+            self.db.execute(
+                "insert or ignore into meta (key, value) values ('schema_version', ?), ('created', ?)",
+                [str(SCHEMA_VERSION), now()],
+            )
+            self.db.execute(
+                """create table if not exists runs (
+                    id integer primary key, started text, finished text, status text,
+                    command text, dry_run integer, copied integer default 0,
+                    matched integer default 0, skipped integer default 0,
+                    failed integer default 0, bytes integer default 0)"""
+            )
+            self.db.execute(
+                """create table if not exists folders (
+                    job text, src_folder text, src_validity integer, dst_folder text,
+                    reconciled integer default 0, updated text,
+                    primary key (job, src_folder))"""
+            )
+            self.db.execute(
+                """create table if not exists messages (
+                    job text, src_folder text, src_validity integer, src_id text,
+                    dst_folder text, dst_id text, size integer, message_id text,
+                    content_hash text, status text, reason text, run_id integer, updated text,
+                    primary key (job, src_folder, src_validity, src_id))"""
+            )
+            self.db.execute("create index if not exists messages_dst on messages (job, dst_folder, status)")
+            self.db.execute(
+                """create table if not exists errors (
+                    id integer primary key, run_id integer, job text, folder text,
+                    src_id text, kind text, message text, at text)"""
+            )
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        with self._lock:
+            conn = self.db.conn
+            if conn.in_transaction:
+                yield
+                return
+            conn.execute("begin immediate")
+            try:
+                yield
+            except BaseException:
+                conn.execute("rollback")
+                raise
+            conn.execute("commit")
+
+    def _write(self) -> bool:
+        return not self.readonly
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, command: str, dry_run: bool) -> int:
+        if not self._write():
+            return 0
+        with self._tx():
+            cur = self.db.execute(
+                "insert into runs (started, status, command, dry_run) values (?, 'running', ?, ?)",
+                [now(), command, int(dry_run)],
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str, counts: dict[str, int]) -> None:
+        if not self._write() or not run_id:
+            return
+        cols = ("copied", "matched", "skipped", "failed", "bytes")
+        with self._tx():
+            self.db.execute(
+                f"update runs set finished = ?, status = ?, {', '.join(f'{c} = ?' for c in cols)} where id = ?",
+                [now(), status, *(int(counts.get(c, 0)) for c in cols), run_id],
+            )
+
+    # ------------------------------------------------------------------ folders
+    def folder_state(self, job: str, path: FolderPath) -> FolderState:
+        with self._lock:
+            fk = folder_key(path)
+            row = self.db.execute(
+                "select src_validity, reconciled from folders where job = ? and src_folder = ?", [job, fk]
+            ).fetchone()
+            if row is None:
+                return FolderState(None, False, frozenset(), frozenset(), False)
+            validity, reconciled = row
+            done, pending = set(), set()
+            for src_id, status in self.db.execute(
+                "select src_id, status from messages where job = ? and src_folder = ? and src_validity is ?"
+                " and status in ('copied', 'matched', 'pending')",
+                [job, fk, validity],
+            ):
+                (pending if status == "pending" else done).add(src_id)
+            return FolderState(validity, bool(reconciled), frozenset(done), frozenset(pending), True)
+
+    def set_folder(self, job: str, path: FolderPath, validity: int | None, dst: FolderPath) -> None:
+        """Record the folder's validity. A changed validity drops the old rows: the
+        source ids they hold mean nothing now (the folder is re-matched against the
+        destination, so nothing is copied twice)."""
+        if not self._write():
+            return
+        fk = folder_key(path)
+        with self._tx():
+            row = self.db.execute(
+                "select src_validity from folders where job = ? and src_folder = ?", [job, fk]
+            ).fetchone()
+            if row is not None and row[0] != validity:
+                self.db.execute(
+                    "delete from messages where job = ? and src_folder = ? and src_validity is not ?",
+                    [job, fk, validity],
+                )
+                self.db.execute(
+                    "update folders set src_validity = ?, dst_folder = ?, reconciled = 0, updated = ?"
+                    " where job = ? and src_folder = ?",
+                    [validity, folder_key(dst), now(), job, fk],
+                )
+            elif row is None:
+                self.db.execute(
+                    "insert into folders (job, src_folder, src_validity, dst_folder, reconciled, updated)"
+                    " values (?, ?, ?, ?, 0, ?)",
+                    [job, fk, validity, folder_key(dst), now()],
+                )
+            else:
+                self.db.execute(
+                    "update folders set dst_folder = ?, updated = ? where job = ? and src_folder = ?",
+                    [folder_key(dst), now(), job, fk],
+                )
+
+    def set_reconciled(self, job: str, path: FolderPath) -> None:
+        if not self._write():
+            return
+        with self._tx():
+            self.db.execute(
+                "update folders set reconciled = 1, updated = ? where job = ? and src_folder = ?",
+                [now(), job, folder_key(path)],
+            )
+
+    def claimed(self, job: str, dst: FolderPath) -> Counter[MatchKey]:
+        """How many destination messages of each identity our rows already account for
+        (rows copied or matched into ``dst`` from any source folder of this job)."""
+        counts: Counter[MatchKey] = Counter()
+        with self._lock:
+            for mid, size, sha in self.db.execute(
+                "select message_id, size, content_hash from messages"
+                " where job = ? and dst_folder = ? and status in ('copied', 'matched')",
+                [job, folder_key(dst)],
+            ):
+                key = match_key(mid, size, sha)
+                if key:
+                    counts[key] += 1
+        return counts
+
+    # ------------------------------------------------------------------ messages
+    def _upsert(
+        self,
+        job: str,
+        src: FolderPath,
+        validity: int | None,
+        dst: FolderPath,
+        rows: Iterable[tuple[MessageMeta, str | None, str | None, str, str | None]],
+        run_id: int,
+    ) -> None:
+        if not self._write():
+            return
+        fk, dk, ts = folder_key(src), folder_key(dst), now()
+        with self._tx():
+            self.db.conn.executemany(
+                "insert into messages (job, src_folder, src_validity, src_id, dst_folder, dst_id, size,"
+                " message_id, content_hash, status, reason, run_id, updated)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " on conflict (job, src_folder, src_validity, src_id) do update set"
+                " dst_folder = excluded.dst_folder, dst_id = coalesce(excluded.dst_id, dst_id),"
+                " size = excluded.size, message_id = excluded.message_id,"
+                " content_hash = coalesce(excluded.content_hash, content_hash),"
+                " status = excluded.status, reason = excluded.reason, run_id = excluded.run_id,"
+                " updated = excluded.updated",
+                [
+                    (
+                        job,
+                        fk,
+                        validity,
+                        m.id,
+                        dk,
+                        dst_id,
+                        m.size,
+                        m.message_id,
+                        sha,
+                        status,
+                        reason,
+                        run_id,
+                        ts,
+                    )
+                    for m, dst_id, sha, status, reason in rows
+                ],
+            )
+
+    def mark_pending(
+        self,
+        job: str,
+        src: FolderPath,
+        validity: int | None,
+        dst: FolderPath,
+        msgs: Sequence[tuple[MessageMeta, str | None]],
+        run_id: int,
+    ) -> None:
+        """Before sending: these messages may reach the destination. ``msgs`` pairs each
+        message with its content hash (given for messages without Message-ID)."""
+        self._upsert(job, src, validity, dst, ((m, None, sha, "pending", None) for m, sha in msgs), run_id)
+
+    def mark_copied(
+        self,
+        job: str,
+        src: FolderPath,
+        validity: int | None,
+        dst: FolderPath,
+        msgs: Sequence[tuple[MessageMeta, str | None, str | None]],
+        run_id: int,
+        status: str = "copied",
+    ) -> None:
+        """After the destination confirmed: ``msgs`` = (meta, destination id, content hash)."""
+        self._upsert(job, src, validity, dst, ((m, d, sha, status, None) for m, d, sha in msgs), run_id)
+
+    def mark_skipped(
+        self,
+        job: str,
+        src: FolderPath,
+        validity: int | None,
+        dst: FolderPath,
+        msgs: Sequence[tuple[MessageMeta, str]],
+        run_id: int,
+        status: str = "skipped",
+    ) -> None:
+        """Skipped (``reason`` says why) or, with status="failed", failed messages."""
+        self._upsert(job, src, validity, dst, ((m, None, None, status, r) for m, r in msgs), run_id)
+
+    def add_error(
+        self, run_id: int, job: str, folder: FolderPath | None, src_id: str | None, kind: str, message: str
+    ) -> None:
+        if not self._write():
+            return
+        with self._tx():
+            self.db.execute(
+                "insert into errors (run_id, job, folder, src_id, kind, message, at) values (?, ?, ?, ?, ?, ?, ?)",
+                [run_id, job, folder_key(folder) if folder else None, src_id, kind, message, now()],
+            )
+
+    # ------------------------------------------------------------------ reading
+    def job_summary(self) -> list[dict[str, object]]:
+        """Per job: message counts by status, bytes copied, last update."""
+        out: dict[str, dict[str, object]] = {}
+        with self._lock:
+            for job, status, n, size, updated in self.db.execute(
+                "select job, status, count(*), coalesce(sum(size), 0), max(updated)"
+                " from messages group by job, status order by job"
+            ):
+                row = out.setdefault(job, {"job": job, "bytes": 0, "updated": ""})
+                row[status] = n
+                if status in DONE:
+                    row["bytes"] = int(row["bytes"]) + size  # type: ignore[call-overload]
+                row["updated"] = max(str(row["updated"]), updated or "")
+            for job, n in self.db.execute("select job, count(*) from folders group by job"):
+                out.setdefault(job, {"job": job, "bytes": 0, "updated": ""})["folders"] = n
+        return list(out.values())
+
+    def last_runs(self, limit: int = 5) -> list[dict[str, object]]:
+        with self._lock:
+            cur = self.db.execute(f"select * from runs order by id desc limit {int(limit)}")
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def failures(self, job: str | None = None) -> list[dict[str, object]]:
+        with self._lock:
+            sql = "select job, src_folder, src_id, message_id, reason from messages where status = 'failed'"
+            args: list[object] = []
+            if job:
+                sql += " and job = ?"
+                args.append(job)
+            cur = self.db.execute(sql, args)
+            cols = [c[0] for c in cur.description]
+            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
