@@ -301,9 +301,7 @@ def map_folders(
                 while path in taken:
                     path = (*base[:-1], f"{base[-1]} ({i})")
                     i += 1
-                notes.append(
-                    f"renamed to {join(path)!r}: another source folder already maps to {join(base)!r}"
-                )
+                notes.append(f"renamed to {join(path)!r}: another source folder already maps to {join(base)!r}")
         taken[path] = use
         if path != f.path and not notes and not use:
             notes.append(f"mapped to {join(path)!r}")

@@ -148,9 +148,7 @@ class Secret:
             try:
                 return Path(self.file).read_text(encoding="utf-8").rstrip("\r\n")
             except OSError as exc:
-                raise PlanError(
-                    f"{self.origin or 'password_file'}: cannot read {self.file}: {exc.strerror}"
-                ) from None
+                raise PlanError(f"{self.origin or 'password_file'}: cannot read {self.file}: {exc.strerror}") from None
         raise PlanError(f"{self.origin or 'credentials'}: no password given")
 
     def __str__(self) -> str:

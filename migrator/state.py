@@ -110,9 +110,7 @@ class State:
             return
         row = self.db.execute("select value from meta where key = 'schema_version'").fetchone()
         if row and int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path}: state schema {row[0]} is newer than this migrator ({SCHEMA_VERSION})"
-            )
+            raise RuntimeError(f"{self.path}: state schema {row[0]} is newer than this migrator ({SCHEMA_VERSION})")
 
     def _create_schema(self) -> None:
         self._check_version()
@@ -392,3 +390,43 @@ class State:
             cur = self.db.execute(sql, args)
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+class RunLock:
+    """An exclusive lock beside the state DB (``<db>.lock``), held for a whole run.
+
+    fcntl locks die with their process, so a lock left by a killed run is never
+    stale: the next run simply gets it. The file records the holder's pid for the
+    error message."""
+
+    def __init__(self, db_path: Path | str):
+        self.path = Path(str(db_path) + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        from migrator.errors import LockedError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise LockedError(
+                f"{self.path}: another run of this plan is in progress (pid {holder}); "
+                "wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

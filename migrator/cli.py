@@ -1,0 +1,305 @@
+"""The command line: parses arguments, calls the library, maps results to exit codes.
+
+No migration logic lives here (see engine.py, plan.py, report.py).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from migrator import __version__
+from migrator.engine import Engine, RunOptions
+from migrator.errors import LockedError, PlanError
+from migrator.model import Account, MailboxJob, Options, Plan, Secret
+from migrator.report import ExitCode, ProgressView, details, exit_code, one_line, summary_table
+from migrator.state import RunLock, State
+from migrator.stats import RunStats
+from migrator.urls import pair_state_name, parse_url, redact
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Migrate and keep in sync whole organisations' mailboxes (IMAP, Maildir, mbox).",
+)
+
+# ---------------------------------------------------------------- shared options (defined once)
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="Connect read-only and report what would be copied; write nothing.")
+]
+StateFile = Annotated[
+    Path | None, typer.Option("--state", help="State DB file (default: the plan's, or state/copy-<hash>.db).")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the final summary line.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log each step to stderr.")]
+Parallel = Annotated[
+    int | None, typer.Option("--parallel", min=1, help="Mailboxes copied at the same time (default: the plan's).")
+]
+
+
+def _console() -> Console:
+    return Console(stderr=False, highlight=False)
+
+
+def _err(msg: str) -> None:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(msg, markup=False)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _plan_or_exit(path: Path) -> Plan:
+    from migrator.plan import load_plan
+
+    try:
+        return load_plan(path)
+    except PlanError as exc:
+        for line in exc.problems:
+            _err(line)
+        raise typer.Exit(int(ExitCode.CONFIG)) from None
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _execute(
+    jobs: list[MailboxJob], state_path: Path, *, dry_run: bool, parallel: int | None, quiet: bool, command: str
+) -> None:
+    """Run ``jobs`` with progress and summary; always ends with typer.Exit(code)."""
+    console = _console()
+    _sigterm_as_interrupt()
+    view = ProgressView(console, [j.id for j in jobs], enabled=not quiet and console.is_terminal)
+    stats = RunStats([j.id for j in jobs], listener=view.update)
+    try:
+        lock = None if dry_run else RunLock(state_path)
+        if lock:
+            lock.__enter__()
+    except LockedError as exc:
+        _err(str(exc))
+        raise typer.Exit(int(ExitCode.LOCKED)) from None
+    try:
+        state = State.open(state_path, readonly=dry_run)
+        engine = Engine(jobs, state, stats, RunOptions(dry_run=dry_run, parallel_mailboxes=parallel, command=command))
+        try:
+            with view:
+                engine.run()
+        except KeyboardInterrupt:
+            stats.interrupted = True
+        finally:
+            state.close()
+    finally:
+        if lock:
+            lock.__exit__(None, None, None)
+    code = exit_code(stats)
+    if not quiet:
+        console.print(summary_table(stats, dry_run=dry_run))
+        details(stats, console, dry_run=dry_run)
+    line = one_line(stats, code, dry_run=dry_run)
+    if code == ExitCode.INTERRUPTED:
+        line += " (interrupted: run the same command again to resume)"
+    console.print(line, markup=False)
+    raise typer.Exit(int(code))
+
+
+def _select(plan: Plan, mailbox: list[str] | None) -> list[MailboxJob]:
+    if not mailbox:
+        return list(plan.jobs)
+    known = {j.id: j for j in plan.jobs}
+    missing = [m for m in mailbox if m not in known]
+    if missing:
+        _err(f"{plan.source_file}: no mailbox with id {', '.join(missing)} (known: {', '.join(known) or 'none'})")
+        raise typer.Exit(int(ExitCode.CONFIG))
+    return [known[m] for m in mailbox]
+
+
+# ---------------------------------------------------------------- commands
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"migrator {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Migrate and keep in sync whole organisations' mailboxes.
+
+    Exit codes: 0 all copied; 1 some messages failed; 2 plan or configuration
+    error; 3 connection or authentication error; 4 another run holds the lock;
+    130 interrupted (resumable).
+    """
+
+
+@app.command()
+def validate(plan: Annotated[Path, typer.Argument(help="The plan file (YAML).")]) -> None:
+    """Check a plan and its mailbox CSV without connecting anywhere.
+
+    Example: migrator validate plans/acme.yaml
+    """
+    from migrator.plan import check_secrets
+
+    p = _plan_or_exit(plan)
+    problems = check_secrets(p)
+    for line in problems:
+        _err(line)
+    if problems:
+        raise typer.Exit(int(ExitCode.CONFIG))
+    console = _console()
+    console.print(f"{plan}: ok: {len(p.jobs)} mailbox(es), state {p.state_path}")
+    for job in p.jobs:
+        console.print(f"  {job.id}: {job.source.describe()} -> {job.destination.describe()}")
+
+
+@app.command()
+def run(
+    plan: Annotated[Path, typer.Argument(help="The plan file (YAML).")],
+    dry_run: DryRun = False,
+    mailbox: Annotated[
+        list[str] | None, typer.Option("--mailbox", "-m", help="Only this mailbox id (repeatable).")
+    ] = None,
+    state: StateFile = None,
+    parallel: Parallel = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Copy every mailbox of a plan; safe to interrupt and run again.
+
+    Example: migrator run plans/acme.yaml --mailbox alice --dry-run
+    """
+    _setup_logging(verbose)
+    p = _plan_or_exit(plan)
+    jobs = _select(p, mailbox)
+    _execute(jobs, state or p.state_path, dry_run=dry_run, parallel=parallel, quiet=quiet, command="run")
+
+
+@app.command()
+def status(
+    plan: Annotated[Path, typer.Argument(help="The plan file (YAML).")],
+    state: StateFile = None,
+) -> None:
+    """Show what the state DB knows: per mailbox counts, failures, last runs.
+
+    Example: migrator status plans/acme.yaml
+    """
+    p = _plan_or_exit(plan)
+    path = state or p.state_path
+    if not Path(path).exists():
+        _err(f"{path}: no state yet (nothing has run for this plan)")
+        raise typer.Exit(int(ExitCode.CONFIG))
+    st = State.open(path, readonly=True)
+    try:
+        console = _console()
+        table = Table(title=f"State {path}", title_justify="left")
+        for col in ("Mailbox", "Folders", "Copied", "Already there", "Skipped", "Failed", "Pending", "MB", "Updated"):
+            table.add_column(col, justify="left" if col in ("Mailbox", "Updated") else "right")
+        rows = {r["job"]: r for r in st.job_summary()}
+        for job in p.jobs:
+            r = rows.get(job.id, {})
+            table.add_row(
+                job.id,
+                str(r.get("folders", 0)),
+                f"{r.get('copied', 0):,}",
+                f"{r.get('matched', 0):,}",
+                f"{r.get('skipped', 0):,}",
+                f"{r.get('failed', 0):,}",
+                f"{r.get('pending', 0):,}",
+                f"{int(r.get('bytes', 0)) / 1e6:,.1f}",  # type: ignore[call-overload]
+                str(r.get("updated", "never")),
+            )
+        console.print(table)
+        for f in st.failures():
+            console.print(f"failed: {f['job']} {f['src_folder']} #{f['src_id']}: {f['reason']}", markup=False)
+        runs = st.last_runs(5)
+        if runs:
+            runs_table = Table(title="Last runs", title_justify="left")
+            for col in ("Run", "Started", "Finished", "Status", "Command", "Copied", "Failed"):
+                runs_table.add_column(col)
+            for r in runs:
+                runs_table.add_row(
+                    str(r["id"]),
+                    str(r["started"]),
+                    str(r["finished"] or "-"),
+                    str(r["status"]),
+                    str(r["command"]) + (" (dry run)" if r["dry_run"] else ""),
+                    str(r["copied"]),
+                    str(r["failed"]),
+                )
+            console.print(runs_table)
+    finally:
+        st.close()
+
+
+def _password(env: str, label: str) -> Secret:
+    if env in os.environ:
+        return Secret(env=env, origin=label)
+    if sys.stdin.isatty():
+        return Secret(value=getpass.getpass(f"Password for {label}: "), origin=label)
+    _err(f"{label}: no password: set {env} (or run on a terminal to be asked)")
+    raise typer.Exit(int(ExitCode.CONFIG))
+
+
+@app.command()
+def copy(
+    source: Annotated[str, typer.Argument(help="imap://USER@HOST[:PORT], imaps://..., maildir:/path or mbox:/path")],
+    dest: Annotated[str, typer.Argument(help="Same forms as SOURCE.")],
+    dry_run: DryRun = False,
+    state: StateFile = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Copy one mailbox to another without a plan file (imapsync-style).
+
+    Passwords come from MIGRATOR_SOURCE_PASSWORD and MIGRATOR_DEST_PASSWORD (or a
+    prompt on a terminal), never from the URL. imap:// insists on STARTTLS unless
+    ?tls=off; certificates are verified unless ?verify=off.
+
+    Example: migrator copy imaps://alice@old.example imaps://alice@new.example
+    """
+    _setup_logging(verbose)
+    try:
+        src = parse_url(source)
+        dst = parse_url(dest)
+    except PlanError as exc:
+        for line in exc.problems:
+            _err(line)
+        raise typer.Exit(int(ExitCode.CONFIG)) from None
+    if src.host is not None:
+        src = _with_secret(src, _password("MIGRATOR_SOURCE_PASSWORD", redact(source)))
+    if dst.host is not None:
+        dst = _with_secret(dst, _password("MIGRATOR_DEST_PASSWORD", redact(dest)))
+    job = MailboxJob(id="copy", source=src, destination=dst, options=Options(), origin="command line")
+    path = state or Path("state") / pair_state_name(source, dest)
+    _execute([job], path, dry_run=dry_run, parallel=1, quiet=quiet, command="copy")
+
+
+def _with_secret(account: Account, secret: Secret) -> Account:
+    return replace(account, secret=secret)
+
+
+def main() -> None:
+    app(prog_name="migrator")

@@ -1,0 +1,192 @@
+"""Copying messages of one folder: fetch -> checkpoint pending -> append -> checkpoint.
+
+Also the single dry-run choke point (``DryRunDestination``): every write the engine
+makes at a destination goes through the Destination interface, and in a dry run
+that interface is this wrapper, which reads but never writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+
+from migrator.connectors.base import Destination, Source
+from migrator.errors import MessageError
+from migrator.march import batches
+from migrator.model import Capabilities, FolderInfo, FolderPath, MessageMeta
+from migrator.state import State
+
+
+def content_hash(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+class DryRunDestination:
+    """A destination that answers reads and refuses to write: folders that do not
+    exist are returned as placeholders, appends are counted and dropped."""
+
+    dry_run = True
+
+    def __init__(self, inner: Destination):
+        self.inner = inner
+        self.capabilities: Capabilities = inner.capabilities
+        self.would_create: list[FolderPath] = []
+
+    def list_folders(self) -> list[FolderInfo]:
+        return self.inner.list_folders()
+
+    def find_folder(self, path: FolderPath) -> FolderInfo | None:
+        return self.inner.find_folder(path)
+
+    def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> FolderInfo:
+        found = self.inner.find_folder(path)
+        if found is not None:
+            return found
+        self.would_create.append(path)
+        return FolderInfo(path, special_use, validity=None, selectable=False)
+
+    def list_messages(self, folder: FolderInfo) -> list[MessageMeta]:
+        if not folder.selectable and folder.validity is None:
+            return []  # a placeholder for a folder that does not exist yet
+        return self.inner.list_messages(folder)
+
+    def fetch(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> Iterator[tuple[MessageMeta, bytes]]:
+        if not folder.selectable and folder.validity is None:
+            return iter(())
+        return self.inner.fetch(folder, msgs)
+
+    def append(self, folder: FolderInfo, items: Sequence[tuple[MessageMeta, bytes]]) -> list[str | None]:
+        return [None] * len(items)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass(slots=True)
+class FolderCopy:
+    """Everything one folder's copy needs; built by the engine."""
+
+    job: str
+    src: Source
+    dst: Destination
+    src_folder: FolderInfo
+    dst_folder: FolderInfo
+    state: State
+    run_id: int
+    batch_bytes: int
+    batch_messages: int
+    on_copied: Callable[[int, int], None]  # (messages, bytes)
+    on_failed: Callable[[MessageMeta, str], None]
+    on_vanished: Callable[[MessageMeta], None]
+    cancel: threading.Event | None = None  # set: stop between batches (KeyboardInterrupt)
+
+    def _fetch_batches(self, todo: Sequence[MessageMeta]) -> Iterator[list[tuple[MessageMeta, bytes]]]:
+        for batch in batches(todo, self.batch_bytes, self.batch_messages):
+            by_id = {m.id: m for m in batch}
+            got: list[tuple[MessageMeta, bytes]] = []
+            for fresh, raw in self.src.fetch(self.src_folder, batch):
+                listed = by_id.pop(fresh.id, None)
+                if listed is None:
+                    continue
+                # identity (size, Message-ID) from the listing; flags and date as of now
+                got.append(
+                    (
+                        replace(
+                            listed,
+                            flags=fresh.flags,
+                            internal_date=fresh.internal_date or listed.internal_date,
+                        ),
+                        raw,
+                    )
+                )
+            for gone in by_id.values():
+                self.on_vanished(gone)
+            if got:
+                yield got
+
+    def run(self, todo: Sequence[MessageMeta]) -> None:
+        """Copy ``todo``. Fetching runs one batch ahead of appending, in a thread, with
+        at most two batches in memory. Raises what the connectors raise (TransientError,
+        QuotaError, ...); per-message refusals are recorded and the copy goes on."""
+        if not todo:
+            return
+        q: queue.Queue[list[tuple[MessageMeta, bytes]] | BaseException | None] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for items in self._fetch_batches(todo):
+                    while not stop.is_set():
+                        try:
+                            q.put(items, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(None)
+            except BaseException as exc:  # forwarded to the consumer
+                q.put(exc)
+
+        producer = threading.Thread(target=produce, name=f"fetch-{self.job}", daemon=True)
+        producer.start()
+        try:
+            while True:
+                got = q.get()
+                if got is None:
+                    break
+                if isinstance(got, BaseException):
+                    raise got
+                if self.cancel is not None and self.cancel.is_set():
+                    raise KeyboardInterrupt
+                self._append(got)
+        finally:
+            stop.set()
+            while producer.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    producer.join(timeout=0.1)
+
+    def _append(self, items: list[tuple[MessageMeta, bytes]]) -> None:
+        hashes = {m.id: content_hash(raw) for m, raw in items if not m.message_id}
+        src_path, dst_path = self.src_folder.path, self.dst_folder.path
+        validity = self.src_folder.validity
+        self.state.mark_pending(
+            self.job, src_path, validity, dst_path, [(m, hashes.get(m.id)) for m, _ in items], self.run_id
+        )
+        try:
+            ids = self.dst.append(self.dst_folder, items)
+        except MessageError:
+            if len(items) == 1:
+                raise
+            for item in items:  # find the culprit: one by one
+                try:
+                    self._append([item])
+                except MessageError as exc:
+                    self._failed(item[0], str(exc))
+            return
+        self.state.mark_copied(
+            self.job,
+            src_path,
+            validity,
+            dst_path,
+            [(m, d, hashes.get(m.id)) for (m, _), d in zip(items, ids, strict=True)],
+            self.run_id,
+        )
+        self.on_copied(len(items), sum(len(raw) for _, raw in items))
+
+    def _failed(self, meta: MessageMeta, reason: str) -> None:
+        self.state.mark_skipped(
+            self.job,
+            self.src_folder.path,
+            self.src_folder.validity,
+            self.dst_folder.path,
+            [(meta, reason)],
+            self.run_id,
+            status="failed",
+        )
+        self.on_failed(meta, reason)
