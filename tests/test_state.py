@@ -1,0 +1,87 @@
+"""The checkpoint store: transactions, validity changes, claims, permissions, no secrets."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from migrator.errors import LockedError
+from migrator.model import MessageMeta
+from migrator.state import RunLock, State
+
+
+def M(id_: str, mid: str | None = "<a@x>", size: int = 100) -> MessageMeta:
+    return MessageMeta(id=id_, size=size, message_id=mid)
+
+
+def test_created_0600_with_schema(tmp_path):
+    path = tmp_path / "s" / "plan.db"
+    st = State.open(path)
+    st.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    st = State.open(path)
+    assert st.db.execute("select value from meta where key='schema_version'").fetchone()[0] == "1"
+    assert {"runs", "folders", "messages", "errors", "meta"} <= set(st.db.table_names())
+
+
+def test_pending_then_copied_and_claims(tmp_path):
+    st = State.open(tmp_path / "p.db")
+    st.set_folder("j", ("INBOX",), 7, ("INBOX",))
+    st.mark_pending("j", ("INBOX",), 7, ("INBOX",), [(M("1"), None), (M("2", mid=None), "h2")], 1)
+    fs = st.folder_state("j", ("INBOX",))
+    assert fs.pending == {"1", "2"} and fs.done == frozenset()
+    st.mark_copied("j", ("INBOX",), 7, ("INBOX",), [(M("1"), "101", None)], 1)
+    fs = st.folder_state("j", ("INBOX",))
+    assert fs.done == {"1"} and fs.pending == {"2"}
+    st.mark_copied("j", ("INBOX",), 7, ("INBOX",), [(M("2", mid=None), None, None)], 1, status="matched")
+    claims = st.claimed("j", ("INBOX",))
+    assert claims == {("mid", "<a@x>", 100): 1, ("sha", "h2", 100): 1}  # the hash survived the update
+
+
+def test_validity_change_drops_old_rows(tmp_path):
+    st = State.open(tmp_path / "p.db")
+    st.set_folder("j", ("A",), 1, ("A",))
+    st.mark_copied("j", ("A",), 1, ("A",), [(M("1"), None, None)], 1)
+    st.set_reconciled("j", ("A",))
+    assert st.folder_state("j", ("A",)).reconciled
+    st.set_folder("j", ("A",), 2, ("A",))
+    fs = st.folder_state("j", ("A",))
+    assert fs.validity == 2 and fs.done == frozenset() and not fs.reconciled
+    assert st.claimed("j", ("A",)) == {}
+
+
+def test_readonly_missing_file_creates_nothing(tmp_path):
+    path = tmp_path / "none.db"
+    st = State.open(path, readonly=True)
+    st.set_folder("j", ("A",), 1, ("A",))
+    st.mark_copied("j", ("A",), 1, ("A",), [(M("1"), None, None)], 1)
+    assert st.start_run("run", True) == 0
+    st.close()
+    assert not path.exists()
+
+
+def test_readonly_existing_file_is_not_written(tmp_path):
+    path = tmp_path / "p.db"
+    State.open(path).close()
+    before = path.read_bytes()
+    st = State.open(path, readonly=True)
+    st.mark_copied("j", ("A",), 1, ("A",), [(M("1"), None, None)], 1)
+    st.close()
+    assert path.read_bytes() == before
+
+
+def test_lock_refuses_second_holder_and_dies_with_process(tmp_path):
+    db = tmp_path / "p.db"
+    with RunLock(db), pytest.raises(LockedError, match="another run"), RunLock(db):
+        pass
+    # a holder killed with SIGKILL leaves no stale lock
+    code = (
+        f"from migrator.state import RunLock; import os; l = RunLock({str(db)!r}).__enter__(); os.kill(os.getpid(), 9)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    with RunLock(db):
+        pass
