@@ -551,6 +551,8 @@ def load_maildir(
 
     Returns {"messages": n, "bytes": total raw bytes, "folders": {label: count}}.
     """
+    if layout not in ("slash", "courier"):
+        raise ValueError(f"unknown layout {layout!r}")
     root = Path(maildir_root)
     root.mkdir(parents=True, exist_ok=True)
     os.chown(root, uid, gid)
@@ -606,8 +608,6 @@ def _write_subscriptions(root: Path, folders: list[tuple[str, ...]], layout: str
     if layout == "courier":
         courier = "".join(("INBOX" if parts == ["INBOX"] else "INBOX." + ".".join(parts)) + "\n" for parts in enc)
         _write_owned(root / "courierimapsubscribed", courier.encode(), uid, gid)
-    elif layout != "slash":
-        raise ValueError(f"unknown layout {layout!r}")
 
 
 def imap_folder_name(folder: tuple[str, ...], separator: str = "/", prefix: str = "") -> str:

@@ -240,6 +240,12 @@ def test_load_maildir_courier_layout_and_keyword_letters(tmp_path: Path) -> None
     assert "INBOX.Archive.2019" in (tmp_path / "courierimapsubscribed").read_text().splitlines()
 
 
+def test_load_maildir_rejects_unknown_layout(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown layout"):
+        load_maildir([], tmp_path, layout="fs", uid=-1, gid=-1)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
+
+
 def test_maildir_dir_name_rejects_dots() -> None:
     assert maildir_dir_name(("Reçus",)) == ".Re&AOc-us"
     with pytest.raises(ValueError, match="cannot be stored"):
