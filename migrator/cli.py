@@ -50,7 +50,10 @@ Parallel = Annotated[
 
 
 def _console() -> Console:
-    return Console(stderr=False, highlight=False)
+    console = Console(stderr=False, highlight=False)
+    if not console.is_terminal:  # cron mail, CI logs: wide enough for the summary table
+        console = Console(stderr=False, highlight=False, width=160)
+    return console
 
 
 def _err(msg: str) -> None:

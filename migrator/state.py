@@ -81,8 +81,8 @@ class State:
         path = Path(path)
         if readonly:
             if not path.exists():
-                db = sqlite_utils.Database(memory=True)
-                state = cls(db, None, readonly=True)
+                conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                state = cls(sqlite_utils.Database(conn), None, readonly=True)
                 state._create_schema()
                 return state
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -418,8 +418,7 @@ class RunLock:
             finally:
                 os.close(fd)
             raise LockedError(
-                f"{self.path}: another run of this plan is in progress (pid {holder}); "
-                "wait for it to finish or stop it"
+                f"{self.path}: another run of this plan is in progress (pid {holder}); wait for it to finish or stop it"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
