@@ -121,7 +121,7 @@ def test_dot_inside_a_name(dovecot: DovecotServer, dovecot_courier: DovecotServe
     assert created.path == ("v1.2 notes",)
 
     courier = open_user(dovecot_courier)
-    assert courier.capabilities.forbidden_name_chars == "."
+    assert courier.capabilities.forbidden_name_chars == "./"
     with pytest.raises(FolderError):
         courier.ensure_folder(("v1.2 notes",))
 

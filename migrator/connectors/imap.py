@@ -291,6 +291,15 @@ def _shutdown(client: IMAPClient) -> None:
 
 
 # --------------------------------------------------------------------------- the store
+def _forbidden_chars(separator: str | None) -> str:
+    """The separator can never be part of a name. Servers whose separator is not "/"
+    usually keep folders as files or directories, where "/" is refused too (Dovecot
+    with Maildir++, Courier): declaring it lets the mapper rename such a part and
+    report it, instead of failing the folder."""
+    sep = separator or ""
+    return sep if sep == "/" else sep + "/"
+
+
 class ImapStore:
     """Source and Destination over one IMAP connection (one thread at a time)."""
 
@@ -305,7 +314,7 @@ class ImapStore:
             self.namespace = self._discover_namespace()
         self.capabilities = Capabilities(
             append_returns_id="UIDPLUS" in self._caps,
-            forbidden_name_chars=self.namespace.separator or "",
+            forbidden_name_chars=_forbidden_chars(self.namespace.separator),
             max_message_bytes=self._appendlimit(),
         )
 
