@@ -316,20 +316,23 @@ def _count_nodes(node: yaml.Node, memo: dict[int, int], limit: int) -> int:
     return total
 
 
-def _parse_yaml(text: str, display: str) -> tuple[yaml.Node | None, Any]:
-    """(node tree, data) of a single-document YAML text; PlanError for any failure."""
+def _parse_yaml(text: str, display: str) -> tuple[yaml.Node | None, Any, list[tuple[Loc, int]]]:
+    """(node tree, data, duplicate keys) of a single-document YAML text; PlanError for any
+    failure. Duplicates are found before merge keys (``<<``) are flattened, so that an
+    override of a merged key is not one."""
     loader: _Loader | None = None
     try:
         loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
-            return None, None
+            return None, None, []
         count = _count_nodes(node, {}, MAX_YAML_NODES)
         if count < 0:
             raise PlanError(f"{display}:{node.start_mark.line + 1}: recursive YAML aliases are not allowed")
         if count > MAX_YAML_NODES:
             raise PlanError(f"{display}: the plan is too large after expanding YAML aliases")
-        return node, loader.construct_document(node)
+        duplicates = _duplicate_keys(node, (), set())
+        return node, loader.construct_document(node), duplicates
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{display}:{mark.line + 1}" if mark is not None else display
@@ -1049,7 +1052,7 @@ def load_plan(path: str | Path) -> Plan:
     """
     display = str(path)
     text = _read_plan_text(display, path)
-    root, data = _parse_yaml(text, display)
+    root, data, duplicates = _parse_yaml(text, display)
     if root is None:
         raise PlanError(f"{display}: the plan is empty")
     if not isinstance(data, dict):
@@ -1061,7 +1064,7 @@ def load_plan(path: str | Path) -> Plan:
     problems = _Problems(display, root)
     for loc in _password_keys(root, (), set()):
         problems.at(loc, _PASSWORD_MSG)
-    for loc, _line in _duplicate_keys(root, (), set()):
+    for loc, _line in duplicates:
         problems.at(loc, "key given twice")
     top = _top(data, problems)
     raw_endpoints = data.get("endpoints")

@@ -187,7 +187,7 @@ def test_x_keys_and_yaml_anchors() -> None:
         "plan.yaml",
         """\
         version: 1
-        x-imap: &imap {type: imap, host: h.example, password_env: P}
+        x-imap: &imap {type: imap, host: h.example, password_env: P, security: tls}
         endpoints: {a: *imap, b: {<<: *imap, port: 1143, security: none}}
         source: a
         destination: b
