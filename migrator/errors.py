@@ -4,9 +4,15 @@ from __future__ import annotations
 
 
 class MigratorError(Exception):
-    """Base class. ``retryable``: a fresh connection and a second try may succeed."""
+    """Base class. ``retryable``: a fresh connection and a second try may succeed
+    (a class default; ``retryable=`` overrides it for one error)."""
 
     retryable: bool = False
+
+    def __init__(self, *args: object, retryable: bool | None = None):
+        super().__init__(*args)
+        if retryable is not None:
+            self.retryable = retryable
 
 
 class PlanError(MigratorError):

@@ -153,6 +153,8 @@ def details(stats: RunStats, console: Console, dry_run: bool = False) -> None:
     """Folder renames, exclusions, skipped and failed messages, each with its reason."""
     for mb in sorted(stats.mailboxes.values(), key=lambda m: m.job):
         lines: list[str] = []
+        if mb.status == "failed" and mb.error:
+            lines.append(f"[red]failed ({mb.error_kind})[/]: {mb.error}")
         for f in mb.folders:
             for note in f.notes:
                 lines.append(f"folder {join(f.source)!r} -> {join(f.dest)!r}: {note}")

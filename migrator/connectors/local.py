@@ -422,17 +422,17 @@ def open_maildir(account: Account, role: Role) -> MaildirStore:
     Raises ConnectError when a source root does not exist or is not a Maildir, or
     when a destination root exists but is neither a Maildir nor an empty directory."""
     if not account.path:
-        raise ConnectError(f"{account.describe()}: no path given")
+        raise ConnectError(f"{account.describe()}: no path given", retryable=False)
     root = Path(account.path).expanduser()
     if root.exists() and not root.is_dir():
-        raise ConnectError(f"{root} is not a directory (a Maildir is a directory)")
+        raise ConnectError(f"{root} is not a directory (a Maildir is a directory)", retryable=False)
     if role == "source" and not root.is_dir():
-        raise ConnectError(f"Maildir {root} does not exist")
+        raise ConnectError(f"Maildir {root} does not exist", retryable=False)
     if root.is_dir() and not _looks_like_maildir(root):
         if role == "source":
-            raise ConnectError(f"{root} is not a Maildir (no cur/ directory, no .folder directories)")
+            raise ConnectError(f"{root} is not a Maildir (no cur/ directory, no .folder directories)", retryable=False)
         if any(root.iterdir()):
-            raise ConnectError(f"{root} is not a Maildir and not empty; refusing to write into it")
+            raise ConnectError(f"{root} is not a Maildir and not empty; refusing to write into it", retryable=False)
     return MaildirStore(root, role)
 
 
@@ -850,10 +850,10 @@ def open_mbox(account: Account, role: Role) -> MboxStore:
     Raises ConnectError when a source path does not exist. A destination path that
     does not exist becomes a directory of folder files on the first write."""
     if not account.path:
-        raise ConnectError(f"{account.describe()}: no path given")
+        raise ConnectError(f"{account.describe()}: no path given", retryable=False)
     root = Path(account.path).expanduser()
     if role == "source" and not root.exists():
-        raise ConnectError(f"mbox {root} does not exist")
+        raise ConnectError(f"mbox {root} does not exist", retryable=False)
     if root.exists() and not (root.is_file() or root.is_dir()):
-        raise ConnectError(f"{root} is neither an mbox file nor a directory")
+        raise ConnectError(f"{root} is neither an mbox file nor a directory", retryable=False)
     return MboxStore(root, role, single_file=root.is_file())
