@@ -229,3 +229,17 @@ def test_wrong_password_exit_3_names_the_mailbox(dovecot, source, dest, tmp_path
     assert out.returncode == 3, out.stdout + out.stderr
     assert dest in out.stdout + out.stderr
     assert "not-the-password" not in out.stdout + out.stderr
+
+
+def test_slash_layout_to_courier_layout_translates_separators(dovecot, dovecot_courier, source, new_user, tmp_path):
+    """Dovecot "/" with prefix "" -> a Courier-style "INBOX." namespace with "." separator."""
+    src_user, src_snap = source
+    dst_user = new_user(dovecot_courier, PW)
+    dst_url = f"imap://{dst_user}@{dovecot_courier.host}:{dovecot_courier.imap_port}?tls=off"
+    out = migrator("copy", url(dovecot, src_user), dst_url, "--state", str(tmp_path / "c.db"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    got = snapshot_imap(dovecot_courier.host, dovecot_courier.imap_port, dst_user, PW)
+    assert diff_snapshots(src_snap, got) == []
+    # on the server the folders really are INBOX.-prefixed and "."-separated
+    listed = dovecot_courier.doveadm("mailbox", "list", "-u", dst_user).split("\n")
+    assert "INBOX.Archive.2019" in listed and "INBOX.Projects.Alpha.Specs" in listed
