@@ -365,9 +365,10 @@ class MaildirStore:
             idx = by_name.get(flag)
             if idx is None:
                 free = [i for i in range(MAX_KEYWORDS) if i not in keywords]
-                if not free:
-                    log.warning("%s: more than 26 keywords; %r not stored", folder_dir, flag)
-                    continue
+                if not free:  # refuse rather than lose the keyword: the message is reported as failed
+                    raise MessageError(
+                        f"{folder_dir}: a Maildir folder holds at most 26 keywords; cannot store {flag!r}"
+                    )
                 idx = free[0]
                 keywords[idx] = flag
                 by_name[flag] = idx
@@ -399,7 +400,9 @@ class MaildirStore:
     def append(self, folder: FolderInfo, items: Sequence[tuple[MessageMeta, bytes]]) -> list[str | None]:
         """Write each item to tmp/, then rename it into cur/ with its flags; the mtime is
         the internal date. Bytes are written exactly as given. Returns the new keys.
-        Raises QuotaError when the disk is full, MessageError on other write errors."""
+        All or nothing: on an error the items already written are removed again.
+        Raises QuotaError when the disk is full, MessageError on other write errors and
+        for a 27th keyword (Maildir has 26 keyword letters)."""
         folder_dir = self._dir(folder.path)
         self.ensure_folder(folder.path)
         keywords = _read_keywords(folder_dir)
@@ -412,6 +415,10 @@ class MaildirStore:
             for meta, raw, letters in plans:
                 keys.append(self._deliver(folder_dir, meta, raw, letters))
         except OSError as exc:
+            # all or nothing: the caller retries a refused batch one by one
+            for key in keys:
+                for leftover in (folder_dir / "cur").glob(f"{key}*"):
+                    leftover.unlink(missing_ok=True)
             raise _write_error(exc, f"cannot write to {folder_dir}", None) from None
         return keys
 
