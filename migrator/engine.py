@@ -1,9 +1,12 @@
-"""Scheduling: mailboxes in parallel, folders in order, retries with reconnects.
+"""Scheduling: mailboxes in parallel, sources and folders in order, retries with reconnects.
 
-For every mailbox job: open both stores, map folders, then for each folder march
-the source listing against the checkpoints, match what is still to copy against
-the destination when that can matter (first visit, unconfirmed sends after a
-crash, a UIDVALIDITY change), and copy the rest (transfer.FolderCopy).
+For every mailbox job and each of its sources: open the stores, map folders, then
+for each folder march the source listing against the checkpoints, match what is
+still to copy against the destination when that can matter (first visit,
+unconfirmed sends after a crash, a UIDVALIDITY change), copy the rest
+(transfer.FolderCopy), and then apply the mode: mirror flag changes and deletions
+(behind the deletion guard), or delete at the source what was confirmed (move,
+POP3 ``after_copy: delete``).
 
 A folder's sync is idempotent, so the retry policy is simple: on a retryable
 error, reconnect and sync the folder again; the checkpoints make it resume.
@@ -14,13 +17,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from migrator.connectors.base import Destination, open_store
+from migrator.connectors.base import Destination, ListingPage, Source, open_store
 from migrator.errors import (
     AuthError,
     ConnectError,
@@ -32,11 +36,11 @@ from migrator.errors import (
     TransientError,
     is_retryable,
 )
-from migrator.folders import FolderMap, join, map_folders
+from migrator.folders import FolderMap, FolderPlan, join, map_folders
 from migrator.march import hash_candidates, march, match_existing
-from migrator.model import FolderInfo, MailboxJob, MessageMeta
-from migrator.state import State
-from migrator.stats import RunStats
+from migrator.model import SEEN, Account, FolderInfo, FolderPath, MailboxJob, MessageMeta
+from migrator.state import FolderRef, State
+from migrator.stats import FolderStats, RunStats
 from migrator.transfer import DryRunDestination, FolderCopy, content_hash
 
 log = logging.getLogger("migrator")
@@ -48,6 +52,11 @@ class RunOptions:
     parallel_mailboxes: int | None = None  # None: the plan's
     command: str = "run"
     max_wait: float = 30.0  # seconds between retries at most
+    force_delete: bool = False  # mirror: override the deletion guard for this run
+
+
+class DeletionRefused(MigratorError):
+    """The deletion guard: a mirror run would delete too large a share."""
 
 
 def _wait(options: RunOptions) -> Callable[[RetryCallState], float]:
@@ -62,7 +71,7 @@ def _wait(options: RunOptions) -> Callable[[RetryCallState], float]:
 
 
 class MailboxRun:
-    """One mailbox job: its two connections and its folders."""
+    """One mailbox job: its destination connection, one source connection at a time."""
 
     def __init__(
         self, job: MailboxJob, state: State, stats: RunStats, run_id: int, options: RunOptions, cancel: threading.Event
@@ -73,8 +82,11 @@ class MailboxRun:
         self.run_id = run_id
         self.options = options
         self.cancel = cancel
-        self.src: Destination | None = None
+        self.account: Account = job.source  # the source being worked on
+        self.src: Source | None = None
         self.dst: Destination | None = None
+        self.folder_errors: list[str] = []
+        self.guard_errors: list[str] = []
 
     # ------------------------------------------------------------------ connections
     def _retrying(self) -> Retrying:
@@ -91,12 +103,14 @@ class MailboxRun:
         log.warning("%s: %s; reconnecting (attempt %d)", self.job.id, exc, rs.attempt_number + 1)
         self.disconnect()
 
-    def connect(self) -> None:
+    def connect(self) -> tuple[Source, Destination]:
         if self.src is None:
-            self.src = open_store(self.job.source, "source")
+            self.src = open_store(self.account, "source")
         if self.dst is None:
             dst = open_store(self.job.destination, "destination")
             self.dst = DryRunDestination(dst) if self.options.dry_run else dst  # type: ignore[assignment]
+        assert self.dst is not None
+        return self.src, self.dst
 
     def disconnect(self) -> None:
         for store in (self.src, self.dst):
@@ -107,36 +121,24 @@ class MailboxRun:
                     log.debug("close failed", exc_info=True)
         self.src = self.dst = None
 
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        for attempt in self._retrying():
+            with attempt:
+                return fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # ------------------------------------------------------------------ the job
     def run(self) -> None:
         jid = self.job.id
         self.stats.start(jid)
         try:
-            for attempt in self._retrying():
-                with attempt:
-                    self.connect()
-                    assert self.src is not None and self.dst is not None
-                    src_folders = self.src.list_folders()
-                    dst_folders = self.dst.list_folders()
-            assert self.dst is not None
-            plan = map_folders(src_folders, dst_folders, self.job.options.folders, self.dst.capabilities)
-            for ex in plan.excluded:
-                self.stats.excluded(jid, ex.source.path, ex.reason)
-            folder_errors: list[str] = []
-            for fm in plan.maps:
-                if self.cancel.is_set():
-                    raise KeyboardInterrupt
-                try:
-                    for attempt in self._retrying():
-                        with attempt:
-                            self.connect()
-                            self.sync_folder(fm)
-                except FolderError as exc:
-                    folder_errors.append(f"{join(fm.source.path)}: {exc}")
-                    self.state.add_error(self.run_id, jid, fm.source.path, None, "folder", str(exc))
-                    log.error("%s: folder %s: %s", jid, join(fm.source.path), exc)
-            if folder_errors:
-                self.stats.finish(jid, "failed", "; ".join(folder_errors), "folder")
+            for account in self.job.sources:
+                self.account = account
+                self.sync_source(account)
+                self._close_source()
+            problems = self.folder_errors + self.guard_errors
+            if problems:
+                self.stats.finish(jid, "failed", "; ".join(problems), "guard" if self.guard_errors else "folder")
             else:
                 self.stats.finish(jid, "ok")
         except KeyboardInterrupt:
@@ -162,108 +164,275 @@ class MailboxRun:
         finally:
             self.disconnect()
 
+    def _close_source(self) -> None:
+        """Log out of the source (POP3: QUIT, when its deletions take effect)."""
+        if self.src is not None:
+            src, self.src = self.src, None
+            src.close()
+
     def _fail(self, kind: str, exc: BaseException) -> None:
         msg = str(exc) or type(exc).__name__
         self.stats.finish(self.job.id, "failed", msg, kind)
         self.state.add_error(self.run_id, self.job.id, None, None, kind, msg)
         log.error("%s: %s", self.job.id, msg)
 
+    def _mapping(self) -> FolderPlan:
+        def listing() -> FolderPlan:
+            src, dst = self.connect()
+            src_folders = src.list_folders()
+            dst_folders = dst.list_folders()
+            if not src.capabilities.folders:  # POP3: one folder, into the configured one
+                target = tuple(p for p in self.job.options.pop3_folder.split("/") if p) or ("INBOX",)
+                return FolderPlan(maps=[FolderMap(f, target) for f in src_folders if f.selectable])
+            return map_folders(src_folders, dst_folders, self.job.options.folders, dst.capabilities)
+
+        result: FolderPlan = self._retry(listing)
+        return result
+
+    def sync_source(self, account: Account) -> None:
+        jid, label = self.job.id, account.describe()
+        plan = self._mapping()
+        for ex in plan.excluded:
+            self.stats.excluded(jid, ex.source.path, ex.reason)
+        for fm in plan.maps:
+            if self.cancel.is_set():
+                raise KeyboardInterrupt
+            try:
+                self._retry(lambda fm=fm: self.sync_folder(fm, label))
+            except (FolderError, DeletionRefused) as exc:
+                target = self.guard_errors if isinstance(exc, DeletionRefused) else self.folder_errors
+                target.append(f"{join(fm.source.path)}: {exc}")
+                self.state.add_error(self.run_id, jid, fm.source.path, None, "folder", str(exc))
+                log.error("%s: folder %s: %s", jid, join(fm.source.path), exc)
+        if self.job.options.mode == "mirror" and self.job.options.delete:
+            mapped = {fm.source.path for fm in plan.maps} | {path for path, _ in plan_excluded(plan)}
+            try:
+                self._retry(lambda: self._mirror_deleted_folders(label, mapped, plan))
+            except DeletionRefused as exc:
+                self.guard_errors.append(str(exc))
+                self.state.add_error(self.run_id, jid, None, None, "guard", str(exc))
+
     # ------------------------------------------------------------------ one folder
-    def sync_folder(self, fm: FolderMap) -> None:
-        assert self.src is not None and self.dst is not None
-        jid, src, dst, state = self.job.id, self.src, self.dst, self.state
+    def _pages(self, src: Source, folder: FolderInfo, cursor: str | None) -> Iterator[ListingPage]:
+        if src.capabilities.incremental:
+            yield from src.list_pages(folder, cursor)  # type: ignore[attr-defined]
+        else:
+            yield ListingPage(src.list_messages(folder), cursor=None, complete=True)
+
+    def sync_folder(self, fm: FolderMap, label: str) -> None:
+        src, dst = self.connect()
+        jid, state, opts = self.job.id, self.state, self.job.options
         src_folder = fm.source
-        fstats = self.stats.folder(jid, src_folder.path, fm.dest_path, fm.notes)
+        ref = FolderRef(jid, label, src_folder.path, src_folder.validity, fm.dest_path)
+        fstats = self.stats.folder(jid, label, src_folder.path, fm.dest_path, fm.notes)
         dst_folder = dst.ensure_folder(fm.dest_path, fm.special_use)
-        metas = src.list_messages(src_folder)
-        fs = state.folder_state(jid, src_folder.path)
+        fs = state.folder_state(ref)
         validity_changed = fs.known and fs.validity != src_folder.validity
         if validity_changed:
-            log.warning("%s: %s: UIDVALIDITY changed; re-matching against the destination", jid, join(src_folder.path))
-        state.set_folder(jid, src_folder.path, src_folder.validity, fm.dest_path)
+            log.warning("%s: %s: UIDVALIDITY changed; re-matching against the destination", jid, join(ref.path))
+        state.set_folder(ref)
         done = frozenset() if validity_changed else fs.done
         pending = frozenset() if validity_changed else fs.pending
-        m = march(metas, done, pending, self.job.options.filters, dst.capabilities)
-        if m.skipped:
-            state.mark_skipped(jid, src_folder.path, src_folder.validity, fm.dest_path, m.skipped, self.run_id)
-            for meta, reason in m.skipped:
-                self.stats.skipped_message(jid, src_folder.path, meta.id, reason)
-        todo = m.to_copy
-        matched: list[tuple[MessageMeta, str]] = []
-        if todo and (not fs.reconciled or m.pending or validity_changed):
-            matched, todo = self._match_destination(todo, dst_folder, fm)
-        if not self.options.dry_run:
-            state.set_reconciled(jid, src_folder.path)
-        self.stats.set(
-            jid,
-            fstats,
-            listed=len(metas),
-            done=len(m.done),
-            skipped=len(m.skipped),
-            matched=len(matched),
-            to_copy=len(todo),
-            bytes_to_copy=sum(x.size for x in todo),
-            copied=0,
-            failed=0,
-            bytes=0,
-        )
-        if self.options.dry_run or not todo:
-            return
-        copier = FolderCopy(
-            job=jid,
-            src=src,
-            dst=dst,
-            src_folder=src_folder,
-            dst_folder=dst_folder,
-            state=state,
-            run_id=self.run_id,
-            batch_bytes=self.job.options.batch_bytes,
-            batch_messages=self.job.options.batch_messages,
-            on_copied=lambda n, b: self.stats.add(jid, fstats, copied=n, bytes=b),
-            on_failed=lambda meta, reason: self._message_failed(fstats, src_folder, meta, reason),
-            on_vanished=lambda meta: self._vanished(fstats, src_folder, meta),
-            cancel=self.cancel,
-        )
-        copier.run(todo)
+        reconciled = fs.reconciled and not validity_changed
+        cursor = None if validity_changed else fs.cursor
+        # a retry lists again: listing counters restart, what was copied stays counted
+        copied_before = fstats.copied
+        self.stats.set(jid, fstats, listed=0, done=0, skipped=0, matched=0, to_copy=0, bytes_to_copy=0)
+        listed_ids: set[str] = set()
+        complete = False
+        vanished: list[str] = []
+        mirror = opts.mode == "mirror"
+        done_rows = state.done_rows(ref) if mirror and not validity_changed else {}
+        extra = frozenset({SEEN}) if (not src.capabilities.flags and opts.pop3_seen) else frozenset()
+        for page in self._pages(src, src_folder, cursor):
+            complete = complete or page.complete
+            listed_ids.update(m.id for m in page.messages)
+            vanished.extend(page.vanished)
+            m = march(page.messages, done, pending, opts.filters, dst.capabilities)
+            if m.skipped:
+                state.mark_skipped(ref, m.skipped, self.run_id)
+                for meta, reason in m.skipped:
+                    self.stats.skipped_message(jid, src_folder.path, meta.id, reason)
+            todo = m.to_copy
+            matched: list[tuple[MessageMeta, str]] = []
+            if todo and (not reconciled or m.pending):
+                matched, todo = self._match_destination(src, dst, todo, dst_folder, ref)
+            already = max(len(m.done) - copied_before, 0)
+            copied_before = max(copied_before - len(m.done), 0)
+            self.stats.add(
+                jid,
+                fstats,
+                listed=len(page.messages),
+                done=already,
+                skipped=len(m.skipped),
+                matched=len(matched),
+                to_copy=len(todo),
+                bytes_to_copy=sum(x.size for x in todo),
+            )
+            if mirror and m.done:
+                self._mirror_flags(dst, dst_folder, ref, fstats, m.done, done_rows, extra)
+            if not self.options.dry_run and todo:
+                FolderCopy(
+                    ref=ref,
+                    src=src,
+                    dst=dst,
+                    src_folder=src_folder,
+                    dst_folder=dst_folder,
+                    state=state,
+                    run_id=self.run_id,
+                    batch_bytes=opts.batch_bytes,
+                    batch_messages=opts.batch_messages,
+                    on_copied=lambda n, b: self.stats.add(jid, fstats, copied=n, bytes=b),
+                    on_failed=lambda meta, reason: self._message_failed(fstats, src_folder, meta, reason),
+                    on_vanished=lambda meta: self._vanished(fstats, src_folder, meta),
+                    cancel=self.cancel,
+                    extra_flags=extra,
+                ).run(todo)
+            if not self.options.dry_run:
+                state.set_reconciled(ref)
+                reconciled = True
+                if page.cursor is not None or src.capabilities.incremental:
+                    state.set_cursor(ref, page.cursor)
+        if mirror and opts.delete:
+            gone = vanished if not complete else [i for i in done_rows if i not in listed_ids]
+            self._mirror_deletions(dst, dst_folder, ref, fstats, gone, len(done_rows))
+        if opts.mode == "move" or opts.after_copy == "delete":
+            self._delete_at_source(src, src_folder, ref, fstats)
 
-    def _message_failed(self, fstats, folder: FolderInfo, meta: MessageMeta, reason: str) -> None:  # type: ignore[no-untyped-def]
-        self.stats.add(self.job.id, fstats, failed=1)
-        self.stats.failed_message(self.job.id, folder.path, meta.id, reason)
-        self.state.add_error(self.run_id, self.job.id, folder.path, meta.id, "message", reason)
-
-    def _vanished(self, fstats, folder: FolderInfo, meta: MessageMeta) -> None:  # type: ignore[no-untyped-def]
-        reason = "vanished from the source during the run"
-        self.stats.add(self.job.id, fstats, skipped=1)
-        self.stats.skipped_message(self.job.id, folder.path, meta.id, reason)
-
+    # ------------------------------------------------------------------ matching
     def _match_destination(
-        self, todo: list[MessageMeta], dst_folder: FolderInfo, fm: FolderMap
+        self, src: Source, dst: Destination, todo: list[MessageMeta], dst_folder: FolderInfo, ref: FolderRef
     ) -> tuple[list[tuple[MessageMeta, str]], list[MessageMeta]]:
-        """Which of ``todo`` are already at the destination (multiset match)."""
-        assert self.src is not None and self.dst is not None
-        dst_msgs = self.dst.list_messages(dst_folder)
+        """Which of ``todo`` are already at the destination (multiset match against the
+        destination messages this source does not account for yet)."""
+        dst_msgs = dst.list_messages(dst_folder)
         if not dst_msgs:
             return [], todo
-        claimed = self.state.claimed(self.job.id, fm.dest_path)
+        claimed = self.state.claimed(ref.job, ref.source, ref.dst)
         src_hash_msgs, dst_hash_msgs = hash_candidates(todo, dst_msgs)
         src_hashes = (
-            {m.id: content_hash(raw) for m, raw in self.src.fetch(fm.source, src_hash_msgs)} if src_hash_msgs else {}
+            {m.id: content_hash(raw) for m, raw in src.fetch(FolderInfo(ref.path, None, ref.validity), src_hash_msgs)}
+            if src_hash_msgs
+            else {}
         )
         dst_hashes = (
-            {m.id: content_hash(raw) for m, raw in self.dst.fetch(dst_folder, dst_hash_msgs)} if dst_hash_msgs else {}
+            {m.id: content_hash(raw) for m, raw in dst.fetch(dst_folder, dst_hash_msgs)} if dst_hash_msgs else {}
         )
         matched, rest = match_existing(todo, dst_msgs, claimed, src_hashes, dst_hashes)
         if matched:
             self.state.mark_copied(
-                self.job.id,
-                fm.source.path,
-                fm.source.validity,
-                fm.dest_path,
+                ref,
                 [(meta, dst_id, src_hashes.get(meta.id)) for meta, dst_id in matched],
                 self.run_id,
                 status="matched",
             )
         return matched, rest
+
+    # ------------------------------------------------------------------ modes
+    def _mirror_flags(
+        self,
+        dst: Destination,
+        dst_folder: FolderInfo,
+        ref: FolderRef,
+        fstats: FolderStats,
+        msgs: Sequence[MessageMeta],
+        rows: dict[str, Any],
+        extra: frozenset[str],
+    ) -> None:
+        """Give the destination copies the source's current flags (mirror mode)."""
+        if not dst.capabilities.can_set_flags:
+            return
+        changes: list[tuple[str, str, frozenset[str]]] = []  # (src id, dst id, flags)
+        for meta in msgs:
+            row = rows.get(meta.id)
+            want = meta.flags | extra
+            if row is not None and row.dst_id and row.flags != want:
+                changes.append((meta.id, row.dst_id, want))
+        if not changes or self.options.dry_run:
+            if changes:
+                self.stats.add(ref.job, fstats, flags_changed=len(changes))
+            return
+        dst.set_flags(dst_folder, [(d, f) for _, d, f in changes])  # type: ignore[attr-defined]
+        self.state.set_flags(ref, [(s, f) for s, _, f in changes])
+        self.stats.add(ref.job, fstats, flags_changed=len(changes))
+
+    def _guard(self, what: str, n: int, total: int) -> None:
+        opts = self.job.options
+        if n == 0 or opts.force_delete or self.options.force_delete:
+            return
+        if total == 0 or n / total > opts.max_delete_share:
+            raise DeletionRefused(
+                f"deletion guard: the source no longer has {n} of {total} messages of {what} "
+                f"(more than {opts.max_delete_share:.0%}); nothing was deleted. If that is right, "
+                "run again with --force-delete (or raise max_delete_share)"
+            )
+
+    def _mirror_deletions(
+        self, dst: Destination, dst_folder: FolderInfo, ref: FolderRef, fstats: FolderStats, gone: list[str], total: int
+    ) -> None:
+        if not gone:
+            return
+        self._guard(f"folder {join(ref.path)!r}", len(gone), total)
+        rows = self.state.done_rows(ref)
+        dst_ids = [rows[i].dst_id for i in gone if i in rows and rows[i].dst_id]
+        if self.options.dry_run:
+            self.stats.add(ref.job, fstats, deleted=len(dst_ids))
+            return
+        if dst_ids and dst.capabilities.can_delete_at_destination:
+            dst.delete(dst_folder, [MessageMeta(id=d, size=0) for d in dst_ids])  # type: ignore[attr-defined]
+        self.state.forget_messages(ref, gone)
+        self.stats.add(ref.job, fstats, deleted=len(dst_ids))
+
+    def _mirror_deleted_folders(self, label: str, mapped: set[FolderPath], plan: FolderPlan) -> None:
+        _, dst = self.connect()
+        known = self.state.known_folders(self.job.id, label)
+        gone = [(s, d) for s, d in known if s not in mapped]
+        if not gone:
+            return
+        still_used = {fm.dest_path for fm in plan.maps}
+        n = sum(len(self.state.done_rows(FolderRef(self.job.id, label, s, None, d))) for s, d in gone)
+        total = sum(len(self.state.done_rows(FolderRef(self.job.id, label, s, None, d))) for s, d in known)
+        self._guard(f"{len(gone)} deleted folder(s)", n, max(total, 1))
+        for s, d in gone:
+            if self.options.dry_run:
+                continue
+            if d not in still_used and d != ("INBOX",) and dst.capabilities.can_delete_at_destination:
+                dst.delete_folder(d)  # type: ignore[attr-defined]
+            self.state.forget_folder(FolderRef(self.job.id, label, s, None, d))
+
+    def _delete_at_source(self, src: Source, folder: FolderInfo, ref: FolderRef, fstats: FolderStats) -> None:
+        """Delete at the source exactly the messages whose copy is confirmed and checkpointed."""
+        if not src.capabilities.can_delete:
+            raise FolderError(f"{self.account.describe()} cannot delete messages (mode move / after_copy: delete)")
+        if self.options.dry_run:
+            return
+        rows = self.state.done_rows(ref)
+        victims = [MessageMeta(id=i, size=0) for i, row in rows.items() if not row.src_deleted]
+        if not victims:
+            return
+        src.delete(folder, victims)  # type: ignore[attr-defined]
+        if src.capabilities.folders:  # IMAP/Maildir: done now. POP3: at QUIT, recorded then
+            self.state.mark_source_deleted(ref, [m.id for m in victims])
+        else:
+            self._close_source()  # QUIT: the deletions take effect now, or not at all
+            self.state.mark_source_deleted(ref, [m.id for m in victims])
+        self.stats.add(ref.job, fstats, source_deleted=len(victims))
+
+    # ------------------------------------------------------------------ per-message events
+    def _message_failed(self, fstats: FolderStats, folder: FolderInfo, meta: MessageMeta, reason: str) -> None:
+        self.stats.add(self.job.id, fstats, failed=1)
+        self.stats.failed_message(self.job.id, folder.path, meta.id, reason)
+        self.state.add_error(self.run_id, self.job.id, folder.path, meta.id, "message", reason)
+
+    def _vanished(self, fstats: FolderStats, folder: FolderInfo, meta: MessageMeta) -> None:
+        reason = "vanished from the source during the run"
+        self.stats.add(self.job.id, fstats, skipped=1)
+        self.stats.skipped_message(self.job.id, folder.path, meta.id, reason)
+
+
+def plan_excluded(plan: FolderPlan) -> list[tuple[FolderPath, str]]:
+    """Excluded folders still exist at the source: they are not 'deleted'."""
+    return [(e.source.path, e.reason) for e in plan.excluded]
 
 
 class Engine:
@@ -276,6 +445,9 @@ class Engine:
         self.options = options
         self.cancel = threading.Event()
 
+    def _mailbox(self, job: MailboxJob, run_id: int) -> MailboxRun:
+        return MailboxRun(job, self.state, self.stats, run_id, self.options, self.cancel)
+
     def run(self) -> RunStats:
         run_id = self.state.start_run(self.options.command, self.options.dry_run)
         parallel = self.options.parallel_mailboxes or max((j.options.parallel_mailboxes for j in self.jobs), default=1)
@@ -283,13 +455,10 @@ class Engine:
         try:
             if parallel <= 1 or len(self.jobs) <= 1:
                 for job in self.jobs:
-                    MailboxRun(job, self.state, self.stats, run_id, self.options, self.cancel).run()
+                    self._mailbox(job, run_id).run()
             else:
                 with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mailbox") as pool:
-                    futures = [
-                        pool.submit(MailboxRun(job, self.state, self.stats, run_id, self.options, self.cancel).run)
-                        for job in self.jobs
-                    ]
+                    futures = [pool.submit(self._mailbox(job, run_id).run) for job in self.jobs]
                     try:
                         for f in futures:
                             f.result()

@@ -46,6 +46,10 @@ class Capabilities:
     internal_date: bool = True
     append_returns_id: bool = False  # UIDPLUS, EWS
     max_message_bytes: int | None = None
+    can_delete: bool = False  # Source.delete works (move mode, POP3 after_copy: delete)
+    can_set_flags: bool = False  # Destination.set_flags works (mirror mode)
+    can_delete_at_destination: bool = False  # Destination.delete / delete_folder work (mirror with delete)
+    incremental: bool = False  # Source.list_pages takes a cursor and returns only changes
     # Characters a single folder-name part cannot contain at this store (its
     # hierarchy separator, "/" in Maildir++ names, ...). folders.py renames such
     # parts and reports the rename.
@@ -160,6 +164,25 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class OAuth:
+    """OAuth2 settings of an endpoint (Microsoft identity platform by default).
+
+    ``flow``: "client_credentials" (app-only; ``client_secret`` required),
+    "device_code" (delegated, one admin account; tokens cached in ``cache_file``) or
+    "token_file" (an access token issued elsewhere, re-read on every connect)."""
+
+    flow: Literal["client_credentials", "device_code", "token_file"]
+    tenant: str | None = None
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    token_file: str | None = None
+    authority: str | None = None  # default: https://login.microsoftonline.com/<tenant>
+    scopes: tuple[str, ...] = ()  # default per protocol (IMAP, POP, EWS)
+    cache_file: str | None = None
+    validate_authority: bool = True  # tests point msal at a local endpoint
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     """One side of one mailbox job: which store, where, and as whom."""
 
@@ -174,6 +197,7 @@ class Account:
     path: str | None = None  # local stores
     timeout: float = 60.0  # seconds for any single network read or write
     options: Mapping[str, Any] = field(default_factory=dict)  # connector-specific
+    oauth: OAuth | None = None  # when set, XOAUTH2 / bearer tokens instead of the password
 
     def describe(self) -> str:
         """A human label without secrets: ``imap://alice@host:993`` or ``maildir:/path``."""
@@ -215,6 +239,18 @@ class Options:
     batch_bytes: int = 4 * 1024 * 1024  # FETCH/APPEND batches are cut at this many bytes
     batch_messages: int = 500  # ... or at this many messages
     retries: int = 5  # reconnect-and-resume attempts per folder on retryable errors
+    mode: Literal["copy", "mirror", "move"] = "copy"
+    # after a confirmed copy: "keep" the source message, or "delete" it (POP3 hosting
+    # moves; the same as mode "move" for sources that can delete)
+    after_copy: Literal["keep", "delete"] = "keep"
+    delete: bool = False  # mirror: also propagate deletions of messages and folders
+    max_delete_share: float = 0.10  # mirror: refuse to delete more than this share of a folder in one run
+    force_delete: bool = False  # ... unless forced
+    pop3_folder: str = "INBOX"  # destination folder of POP3 messages ("/"-separated path)
+    pop3_seen: bool = False  # mark messages from POP3 \\Seen at the destination
+
+
+Mode = Literal["copy", "mirror", "move"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +260,13 @@ class MailboxJob:
     destination: Account
     options: Options = Options()
     origin: str = ""  # "plans/acme.yaml:12" or "users.csv:4", for messages
+    # More sources merged into the same destination mailbox, after ``source`` (e.g. a
+    # Thunderbird profile, then the POP3 INBOX): nothing already there is copied again.
+    extra_sources: tuple[Account, ...] = ()
+
+    @property
+    def sources(self) -> tuple[Account, ...]:
+        return (self.source, *self.extra_sources)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,16 @@ Schema (version 1)::
     meta(key PK, value)                     schema_version, created
     runs(id PK, started, finished, status, command, dry_run, copied, matched,
          skipped, failed, bytes)
-    folders(job, src_folder, src_validity, dst_folder, reconciled, updated)   PK (job, src_folder)
-    messages(job, src_folder, src_validity, src_id, dst_folder, dst_id, size,
-             message_id, content_hash, status, reason, run_id, updated)
-             PK (job, src_folder, src_validity, src_id)
+    folders(job, source, src_folder, src_validity, dst_folder, reconciled, cursor, updated)
+             PK (job, source, src_folder)
+    messages(job, source, src_folder, src_validity, src_id, dst_folder, dst_id, size,
+             message_id, content_hash, flags, status, reason, src_deleted, run_id, updated)
+             PK (job, source, src_folder, src_validity, src_id)
              status: pending | copied | matched | skipped | failed
+
+``job`` is the mailbox id, ``source`` the source store's label (``Account.describe()``,
+no secrets): one job may merge several sources into one destination. ``flags`` (JSON
+list) are the flags last given to the destination copy (mirror mode compares them).
     errors(id PK, run_id, job, folder, src_id, kind, message, at)
 
 Folder paths are stored as JSON arrays of their decoded parts.
@@ -53,6 +58,21 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def flags_text(flags: Iterable[str]) -> str:
+    return json.dumps(sorted(flags), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderRef:
+    """Which folder of which source of which job, and where it goes."""
+
+    job: str
+    source: str
+    path: FolderPath
+    validity: int | None
+    dst: FolderPath
+
+
 @dataclass(frozen=True, slots=True)
 class FolderState:
     validity: int | None
@@ -60,6 +80,15 @@ class FolderState:
     done: frozenset[str]  # source ids copied or matched
     pending: frozenset[str]  # source ids sent but not confirmed (a crash happened)
     known: bool  # the folder has a row
+    cursor: str | None = None  # incremental listing position
+
+
+@dataclass(frozen=True, slots=True)
+class DoneRow:
+    src_id: str
+    dst_id: str | None
+    flags: frozenset[str]
+    src_deleted: bool
 
 
 class State:
@@ -129,16 +158,17 @@ class State:
             )
             self.db.execute(
                 """create table if not exists folders (
-                    job text, src_folder text, src_validity integer, dst_folder text,
-                    reconciled integer default 0, updated text,
-                    primary key (job, src_folder))"""
+                    job text, source text, src_folder text, src_validity integer, dst_folder text,
+                    reconciled integer default 0, cursor text, updated text,
+                    primary key (job, source, src_folder))"""
             )
             self.db.execute(
                 """create table if not exists messages (
-                    job text, src_folder text, src_validity integer, src_id text,
+                    job text, source text, src_folder text, src_validity integer, src_id text,
                     dst_folder text, dst_id text, size integer, message_id text,
-                    content_hash text, status text, reason text, run_id integer, updated text,
-                    primary key (job, src_folder, src_validity, src_id))"""
+                    content_hash text, flags text, status text, reason text,
+                    src_deleted integer default 0, run_id integer, updated text,
+                    primary key (job, source, src_folder, src_validity, src_id))"""
             )
             self.db.execute("create index if not exists messages_dst on messages (job, dst_folder, status)")
             self.db.execute(
@@ -187,75 +217,109 @@ class State:
             )
 
     # ------------------------------------------------------------------ folders
-    def folder_state(self, job: str, path: FolderPath) -> FolderState:
+    def folder_state(self, ref: FolderRef) -> FolderState:
         with self._lock:
-            fk = folder_key(path)
+            fk = folder_key(ref.path)
             row = self.db.execute(
-                "select src_validity, reconciled from folders where job = ? and src_folder = ?", [job, fk]
+                "select src_validity, reconciled, cursor from folders where job = ? and source = ? and src_folder = ?",
+                [ref.job, ref.source, fk],
             ).fetchone()
             if row is None:
                 return FolderState(None, False, frozenset(), frozenset(), False)
-            validity, reconciled = row
+            validity, reconciled, cursor = row
             done, pending = set(), set()
             for src_id, status in self.db.execute(
-                "select src_id, status from messages where job = ? and src_folder = ? and src_validity is ?"
-                " and status in ('copied', 'matched', 'pending')",
-                [job, fk, validity],
+                "select src_id, status from messages where job = ? and source = ? and src_folder = ?"
+                " and src_validity is ? and status in ('copied', 'matched', 'pending')",
+                [ref.job, ref.source, fk, validity],
             ):
                 (pending if status == "pending" else done).add(src_id)
-            return FolderState(validity, bool(reconciled), frozenset(done), frozenset(pending), True)
+            return FolderState(validity, bool(reconciled), frozenset(done), frozenset(pending), True, cursor)
 
-    def set_folder(self, job: str, path: FolderPath, validity: int | None, dst: FolderPath) -> None:
-        """Record the folder's validity. A changed validity drops the old rows: the
-        source ids they hold mean nothing now (the folder is re-matched against the
-        destination, so nothing is copied twice)."""
+    def set_folder(self, ref: FolderRef) -> None:
+        """Record the folder's validity and destination. A changed validity drops the
+        old rows and the cursor: the source ids they hold mean nothing now (the
+        folder is re-matched against the destination, so nothing is copied twice)."""
         if not self._write():
             return
-        fk = folder_key(path)
+        fk, where = folder_key(ref.path), [ref.job, ref.source, folder_key(ref.path)]
         with self._tx():
             row = self.db.execute(
-                "select src_validity from folders where job = ? and src_folder = ?", [job, fk]
+                "select src_validity from folders where job = ? and source = ? and src_folder = ?", where
             ).fetchone()
-            if row is not None and row[0] != validity:
+            if row is not None and row[0] != ref.validity:
                 self.db.execute(
-                    "delete from messages where job = ? and src_folder = ? and src_validity is not ?",
-                    [job, fk, validity],
+                    "delete from messages where job = ? and source = ? and src_folder = ? and src_validity is not ?",
+                    [*where, ref.validity],
                 )
                 self.db.execute(
-                    "update folders set src_validity = ?, dst_folder = ?, reconciled = 0, updated = ?"
-                    " where job = ? and src_folder = ?",
-                    [validity, folder_key(dst), now(), job, fk],
+                    "update folders set src_validity = ?, dst_folder = ?, reconciled = 0, cursor = null,"
+                    " updated = ? where job = ? and source = ? and src_folder = ?",
+                    [ref.validity, folder_key(ref.dst), now(), *where],
                 )
             elif row is None:
                 self.db.execute(
-                    "insert into folders (job, src_folder, src_validity, dst_folder, reconciled, updated)"
-                    " values (?, ?, ?, ?, 0, ?)",
-                    [job, fk, validity, folder_key(dst), now()],
+                    "insert into folders (job, source, src_folder, src_validity, dst_folder, reconciled, updated)"
+                    " values (?, ?, ?, ?, ?, 0, ?)",
+                    [ref.job, ref.source, fk, ref.validity, folder_key(ref.dst), now()],
                 )
             else:
                 self.db.execute(
-                    "update folders set dst_folder = ?, updated = ? where job = ? and src_folder = ?",
-                    [folder_key(dst), now(), job, fk],
+                    "update folders set dst_folder = ?, updated = ? where job = ? and source = ? and src_folder = ?",
+                    [folder_key(ref.dst), now(), *where],
                 )
 
-    def set_reconciled(self, job: str, path: FolderPath) -> None:
+    def set_reconciled(self, ref: FolderRef) -> None:
         if not self._write():
             return
         with self._tx():
             self.db.execute(
-                "update folders set reconciled = 1, updated = ? where job = ? and src_folder = ?",
-                [now(), job, folder_key(path)],
+                "update folders set reconciled = 1, updated = ? where job = ? and source = ? and src_folder = ?",
+                [now(), ref.job, ref.source, folder_key(ref.path)],
             )
 
-    def claimed(self, job: str, dst: FolderPath) -> Counter[MatchKey]:
-        """How many destination messages of each identity our rows already account for
-        (rows copied or matched into ``dst`` from any source folder of this job)."""
+    def set_cursor(self, ref: FolderRef, cursor: str | None) -> None:
+        """Where an incremental listing resumes (saved after each processed page)."""
+        if not self._write():
+            return
+        with self._tx():
+            self.db.execute(
+                "update folders set cursor = ?, updated = ? where job = ? and source = ? and src_folder = ?",
+                [cursor, now(), ref.job, ref.source, folder_key(ref.path)],
+            )
+
+    def forget_folder(self, ref: FolderRef) -> None:
+        """The source folder is gone: drop its rows (mirror mode, after acting on it)."""
+        if not self._write():
+            return
+        where = [ref.job, ref.source, folder_key(ref.path)]
+        with self._tx():
+            self.db.execute("delete from messages where job = ? and source = ? and src_folder = ?", where)
+            self.db.execute("delete from folders where job = ? and source = ? and src_folder = ?", where)
+
+    def known_folders(self, job: str, source: str) -> list[tuple[FolderPath, FolderPath]]:
+        """(source path, destination path) of every folder this source had."""
+        with self._lock:
+            return [
+                (tuple(json.loads(src)), tuple(json.loads(dst)))
+                for src, dst in self.db.execute(
+                    "select src_folder, dst_folder from folders where job = ? and source = ?", [job, source]
+                )
+            ]
+
+    def claimed(self, job: str, source: str, dst: FolderPath) -> Counter[MatchKey]:
+        """How many destination messages of each identity this source's rows already
+        account for (copied or matched into ``dst`` from any folder of this source).
+
+        Per source on purpose: within one source, matching is a multiset (true
+        duplicates stay two messages); across the sources merged into one mailbox a
+        message the destination already has from another source is not copied again."""
         counts: Counter[MatchKey] = Counter()
         with self._lock:
             for mid, size, sha in self.db.execute(
                 "select message_id, size, content_hash from messages"
-                " where job = ? and dst_folder = ? and status in ('copied', 'matched')",
-                [job, folder_key(dst)],
+                " where job = ? and source = ? and dst_folder = ? and status in ('copied', 'matched')",
+                [job, source, folder_key(dst)],
             ):
                 key = match_key(mid, size, sha)
                 if key:
@@ -265,85 +329,100 @@ class State:
     # ------------------------------------------------------------------ messages
     def _upsert(
         self,
-        job: str,
-        src: FolderPath,
-        validity: int | None,
-        dst: FolderPath,
+        ref: FolderRef,
         rows: Iterable[tuple[MessageMeta, str | None, str | None, str, str | None]],
         run_id: int,
     ) -> None:
         if not self._write():
             return
-        fk, dk, ts = folder_key(src), folder_key(dst), now()
+        fk, dk, ts = folder_key(ref.path), folder_key(ref.dst), now()
         with self._tx():
             self.db.conn.executemany(
-                "insert into messages (job, src_folder, src_validity, src_id, dst_folder, dst_id, size,"
-                " message_id, content_hash, status, reason, run_id, updated)"
-                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " on conflict (job, src_folder, src_validity, src_id) do update set"
+                "insert into messages (job, source, src_folder, src_validity, src_id, dst_folder, dst_id, size,"
+                " message_id, content_hash, flags, status, reason, run_id, updated)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " on conflict (job, source, src_folder, src_validity, src_id) do update set"
                 " dst_folder = excluded.dst_folder, dst_id = coalesce(excluded.dst_id, dst_id),"
                 " size = excluded.size, message_id = excluded.message_id,"
                 " content_hash = coalesce(excluded.content_hash, content_hash),"
-                " status = excluded.status, reason = excluded.reason, run_id = excluded.run_id,"
-                " updated = excluded.updated",
+                " flags = excluded.flags, status = excluded.status, reason = excluded.reason,"
+                " run_id = excluded.run_id, updated = excluded.updated",
                 [
-                    (
-                        job,
-                        fk,
-                        validity,
-                        m.id,
-                        dk,
-                        dst_id,
-                        m.size,
-                        m.message_id,
-                        sha,
-                        status,
-                        reason,
-                        run_id,
-                        ts,
-                    )
+                    (ref.job, ref.source, fk, ref.validity, m.id, dk, dst_id, m.size, m.message_id, sha,
+                     flags_text(m.flags), status, reason, run_id, ts)
                     for m, dst_id, sha, status, reason in rows
                 ],
-            )
+            )  # fmt: skip
 
-    def mark_pending(
-        self,
-        job: str,
-        src: FolderPath,
-        validity: int | None,
-        dst: FolderPath,
-        msgs: Sequence[tuple[MessageMeta, str | None]],
-        run_id: int,
-    ) -> None:
+    def mark_pending(self, ref: FolderRef, msgs: Sequence[tuple[MessageMeta, str | None]], run_id: int) -> None:
         """Before sending: these messages may reach the destination. ``msgs`` pairs each
         message with its content hash (given for messages without Message-ID)."""
-        self._upsert(job, src, validity, dst, ((m, None, sha, "pending", None) for m, sha in msgs), run_id)
+        self._upsert(ref, ((m, None, sha, "pending", None) for m, sha in msgs), run_id)
 
     def mark_copied(
         self,
-        job: str,
-        src: FolderPath,
-        validity: int | None,
-        dst: FolderPath,
+        ref: FolderRef,
         msgs: Sequence[tuple[MessageMeta, str | None, str | None]],
         run_id: int,
         status: str = "copied",
     ) -> None:
-        """After the destination confirmed: ``msgs`` = (meta, destination id, content hash)."""
-        self._upsert(job, src, validity, dst, ((m, d, sha, status, None) for m, d, sha in msgs), run_id)
+        """After the destination confirmed: ``msgs`` = (meta, destination id, content hash).
+        ``status`` "matched": found already at the destination, not sent."""
+        self._upsert(ref, ((m, d, sha, status, None) for m, d, sha in msgs), run_id)
 
     def mark_skipped(
-        self,
-        job: str,
-        src: FolderPath,
-        validity: int | None,
-        dst: FolderPath,
-        msgs: Sequence[tuple[MessageMeta, str]],
-        run_id: int,
-        status: str = "skipped",
+        self, ref: FolderRef, msgs: Sequence[tuple[MessageMeta, str]], run_id: int, status: str = "skipped"
     ) -> None:
         """Skipped (``reason`` says why) or, with status="failed", failed messages."""
-        self._upsert(job, src, validity, dst, ((m, None, None, status, r) for m, r in msgs), run_id)
+        self._upsert(ref, ((m, None, None, status, r) for m, r in msgs), run_id)
+
+    def mark_source_deleted(self, ref: FolderRef, ids: Sequence[str]) -> None:
+        """These copied messages were deleted at the source (move / after_copy: delete)."""
+        if not self._write() or not ids:
+            return
+        with self._tx():
+            self.db.conn.executemany(
+                "update messages set src_deleted = 1, updated = ? where job = ? and source = ? and src_folder = ?"
+                " and src_validity is ? and src_id = ?",
+                [(now(), ref.job, ref.source, folder_key(ref.path), ref.validity, i) for i in ids],
+            )
+
+    def done_rows(self, ref: FolderRef) -> dict[str, DoneRow]:
+        """Copied or matched rows of the folder, by source id (mirror and move use them)."""
+        with self._lock:
+            return {
+                src_id: DoneRow(src_id, dst_id, frozenset(json.loads(flags or "[]")), bool(deleted))
+                for src_id, dst_id, flags, deleted in self.db.execute(
+                    "select src_id, dst_id, flags, src_deleted from messages where job = ? and source = ?"
+                    " and src_folder = ? and src_validity is ? and status in ('copied', 'matched')",
+                    [ref.job, ref.source, folder_key(ref.path), ref.validity],
+                )
+            }
+
+    def set_flags(self, ref: FolderRef, changes: Sequence[tuple[str, frozenset[str]]]) -> None:
+        """Record the flags now at the destination for these source ids (mirror)."""
+        if not self._write() or not changes:
+            return
+        with self._tx():
+            self.db.conn.executemany(
+                "update messages set flags = ?, updated = ? where job = ? and source = ? and src_folder = ?"
+                " and src_validity is ? and src_id = ?",
+                [
+                    (flags_text(f), now(), ref.job, ref.source, folder_key(ref.path), ref.validity, i)
+                    for i, f in changes
+                ],
+            )
+
+    def forget_messages(self, ref: FolderRef, ids: Sequence[str]) -> None:
+        """Rows of messages gone from the source (and, in mirror mode, from the destination)."""
+        if not self._write() or not ids:
+            return
+        with self._tx():
+            self.db.conn.executemany(
+                "delete from messages where job = ? and source = ? and src_folder = ? and src_validity is ?"
+                " and src_id = ?",
+                [(ref.job, ref.source, folder_key(ref.path), ref.validity, i) for i in ids],
+            )
 
     def add_error(
         self, run_id: int, job: str, folder: FolderPath | None, src_id: str | None, kind: str, message: str

@@ -9,13 +9,27 @@ from dataclasses import dataclass, field
 
 from migrator.model import FolderPath
 
-COUNTERS = ("listed", "to_copy", "copied", "matched", "skipped", "failed", "bytes", "bytes_to_copy", "done")
+COUNTERS = (
+    "listed",
+    "to_copy",
+    "copied",
+    "matched",
+    "skipped",
+    "failed",
+    "bytes",
+    "bytes_to_copy",
+    "done",
+    "flags_changed",
+    "deleted",
+    "source_deleted",
+)
 
 
 @dataclass(slots=True)
 class FolderStats:
     source: FolderPath
     dest: FolderPath
+    store: str = ""  # the source store's label (a job may merge several sources)
     notes: tuple[str, ...] = ()
     listed: int = 0  # messages in the source folder
     to_copy: int = 0  # not yet at the destination, after matching
@@ -26,6 +40,9 @@ class FolderStats:
     bytes: int = 0  # bytes copied
     bytes_to_copy: int = 0
     done: int = 0  # already copied by an earlier run
+    flags_changed: int = 0  # mirror: destination copies whose flags were updated
+    deleted: int = 0  # mirror: destination copies deleted because the source message is gone
+    source_deleted: int = 0  # move / after_copy delete: source messages deleted after a confirmed copy
 
 
 @dataclass(slots=True)
@@ -82,13 +99,15 @@ class RunStats:
             mb.error, mb.error_kind = error, kind
         self._changed(mb)
 
-    def folder(self, job: str, source: FolderPath, dest: FolderPath, notes: tuple[str, ...] = ()) -> FolderStats:
+    def folder(
+        self, job: str, store: str, source: FolderPath, dest: FolderPath, notes: tuple[str, ...] = ()
+    ) -> FolderStats:
         with self._lock:
             mb = self.mailboxes[job]
             for f in mb.folders:
-                if f.source == source:
+                if f.source == source and f.store == store:
                     return f
-            fs = FolderStats(source, dest, notes)
+            fs = FolderStats(source, dest, store, notes)
             mb.folders.append(fs)
             return fs
 

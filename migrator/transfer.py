@@ -17,7 +17,7 @@ from migrator.connectors.base import Destination, Source
 from migrator.errors import MessageError
 from migrator.march import batches
 from migrator.model import Capabilities, FolderInfo, FolderPath, MessageMeta
-from migrator.state import State
+from migrator.state import FolderRef, State
 
 
 def content_hash(raw: bytes) -> str:
@@ -69,7 +69,7 @@ class DryRunDestination:
 class FolderCopy:
     """Everything one folder's copy needs; built by the engine."""
 
-    job: str
+    ref: FolderRef
     src: Source
     dst: Destination
     src_folder: FolderInfo
@@ -82,6 +82,7 @@ class FolderCopy:
     on_failed: Callable[[MessageMeta, str], None]
     on_vanished: Callable[[MessageMeta], None]
     cancel: threading.Event | None = None  # set: stop between batches (KeyboardInterrupt)
+    extra_flags: frozenset[str] = frozenset()  # e.g. \\Seen for POP3 messages (plan option)
 
     def _fetch_batches(self, todo: Sequence[MessageMeta]) -> Iterator[list[tuple[MessageMeta, bytes]]]:
         for batch in batches(todo, self.batch_bytes, self.batch_messages):
@@ -96,7 +97,7 @@ class FolderCopy:
                     (
                         replace(
                             listed,
-                            flags=fresh.flags,
+                            flags=fresh.flags | self.extra_flags,
                             internal_date=fresh.internal_date or listed.internal_date,
                         ),
                         raw,
@@ -131,7 +132,7 @@ class FolderCopy:
             except BaseException as exc:  # forwarded to the consumer
                 q.put(exc)
 
-        producer = threading.Thread(target=produce, name=f"fetch-{self.job}", daemon=True)
+        producer = threading.Thread(target=produce, name=f"fetch-{self.ref.job}", daemon=True)
         producer.start()
         try:
             while True:
@@ -153,11 +154,7 @@ class FolderCopy:
 
     def _append(self, items: list[tuple[MessageMeta, bytes]]) -> None:
         hashes = {m.id: content_hash(raw) for m, raw in items if not m.message_id}
-        src_path, dst_path = self.src_folder.path, self.dst_folder.path
-        validity = self.src_folder.validity
-        self.state.mark_pending(
-            self.job, src_path, validity, dst_path, [(m, hashes.get(m.id)) for m, _ in items], self.run_id
-        )
+        self.state.mark_pending(self.ref, [(m, hashes.get(m.id)) for m, _ in items], self.run_id)
         try:
             ids = self.dst.append(self.dst_folder, items)
         except MessageError:
@@ -170,23 +167,10 @@ class FolderCopy:
                     self._failed(item[0], str(exc))
             return
         self.state.mark_copied(
-            self.job,
-            src_path,
-            validity,
-            dst_path,
-            [(m, d, hashes.get(m.id)) for (m, _), d in zip(items, ids, strict=True)],
-            self.run_id,
+            self.ref, [(m, d, hashes.get(m.id)) for (m, _), d in zip(items, ids, strict=True)], self.run_id
         )
         self.on_copied(len(items), sum(len(raw) for _, raw in items))
 
     def _failed(self, meta: MessageMeta, reason: str) -> None:
-        self.state.mark_skipped(
-            self.job,
-            self.src_folder.path,
-            self.src_folder.validity,
-            self.dst_folder.path,
-            [(meta, reason)],
-            self.run_id,
-            status="failed",
-        )
+        self.state.mark_skipped(self.ref, [(meta, reason)], self.run_id, status="failed")
         self.on_failed(meta, reason)

@@ -11,7 +11,11 @@ import pytest
 
 from migrator.errors import LockedError
 from migrator.model import MessageMeta
-from migrator.state import RunLock, State
+from migrator.state import FolderRef, RunLock, State
+
+
+def R(path=("INBOX",), validity=7, source="src", dst=None) -> FolderRef:  # noqa: N802
+    return FolderRef("j", source, tuple(path), validity, tuple(dst or path))
 
 
 def M(id_: str, mid: str | None = "<a@x>", size: int = 100) -> MessageMeta:
@@ -30,35 +34,40 @@ def test_created_0600_with_schema(tmp_path):
 
 def test_pending_then_copied_and_claims(tmp_path):
     st = State.open(tmp_path / "p.db")
-    st.set_folder("j", ("INBOX",), 7, ("INBOX",))
-    st.mark_pending("j", ("INBOX",), 7, ("INBOX",), [(M("1"), None), (M("2", mid=None), "h2")], 1)
-    fs = st.folder_state("j", ("INBOX",))
+    st.set_folder(R())
+    st.mark_pending(R(), [(M("1"), None), (M("2", mid=None), "h2")], 1)
+    fs = st.folder_state(R())
     assert fs.pending == {"1", "2"} and fs.done == frozenset()
-    st.mark_copied("j", ("INBOX",), 7, ("INBOX",), [(M("1"), "101", None)], 1)
-    fs = st.folder_state("j", ("INBOX",))
+    st.mark_copied(R(), [(M("1"), "101", None)], 1)
+    fs = st.folder_state(R())
     assert fs.done == {"1"} and fs.pending == {"2"}
-    st.mark_copied("j", ("INBOX",), 7, ("INBOX",), [(M("2", mid=None), None, None)], 1, status="matched")
-    claims = st.claimed("j", ("INBOX",))
+    st.mark_copied(R(), [(M("2", mid=None), None, None)], 1, status="matched")
+    claims = st.claimed("j", "src", ("INBOX",))
     assert claims == {("mid", "<a@x>", 100): 1, ("sha", "h2", 100): 1}  # the hash survived the update
+    # claims are per source: another source merged into the same mailbox claims nothing yet
+    assert st.claimed("j", "other", ("INBOX",)) == {}
+    assert st.done_rows(R())["1"].dst_id == "101"
 
 
 def test_validity_change_drops_old_rows(tmp_path):
     st = State.open(tmp_path / "p.db")
-    st.set_folder("j", ("A",), 1, ("A",))
-    st.mark_copied("j", ("A",), 1, ("A",), [(M("1"), None, None)], 1)
-    st.set_reconciled("j", ("A",))
-    assert st.folder_state("j", ("A",)).reconciled
-    st.set_folder("j", ("A",), 2, ("A",))
-    fs = st.folder_state("j", ("A",))
-    assert fs.validity == 2 and fs.done == frozenset() and not fs.reconciled
-    assert st.claimed("j", ("A",)) == {}
+    st.set_folder(R(("A",), 1))
+    st.mark_copied(R(("A",), 1), [(M("1"), None, None)], 1)
+    st.set_reconciled(R(("A",), 1))
+    st.set_cursor(R(("A",), 1), "c1")
+    assert st.folder_state(R(("A",), 1)).reconciled
+    assert st.folder_state(R(("A",), 1)).cursor == "c1"
+    st.set_folder(R(("A",), 2))
+    fs = st.folder_state(R(("A",), 2))
+    assert fs.validity == 2 and fs.done == frozenset() and not fs.reconciled and fs.cursor is None
+    assert st.claimed("j", "src", ("A",)) == {}
 
 
 def test_readonly_missing_file_creates_nothing(tmp_path):
     path = tmp_path / "none.db"
     st = State.open(path, readonly=True)
-    st.set_folder("j", ("A",), 1, ("A",))
-    st.mark_copied("j", ("A",), 1, ("A",), [(M("1"), None, None)], 1)
+    st.set_folder(R(("A",), 1))
+    st.mark_copied(R(("A",), 1), [(M("1"), None, None)], 1)
     assert st.start_run("run", True) == 0
     st.close()
     assert not path.exists()
@@ -69,7 +78,7 @@ def test_readonly_existing_file_is_not_written(tmp_path):
     State.open(path).close()
     before = path.read_bytes()
     st = State.open(path, readonly=True)
-    st.mark_copied("j", ("A",), 1, ("A",), [(M("1"), None, None)], 1)
+    st.mark_copied(R(("A",), 1), [(M("1"), None, None)], 1)
     st.close()
     assert path.read_bytes() == before
 
@@ -85,3 +94,20 @@ def test_lock_refuses_second_holder_and_dies_with_process(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=False)
     with RunLock(db):
         pass
+
+
+def test_flags_source_deletion_and_forgetting(tmp_path):
+    st = State.open(tmp_path / "p.db")
+    ref = R(("A",), 3)
+    st.set_folder(ref)
+    st.mark_copied(ref, [(MessageMeta("1", 10, frozenset({"\\Seen"}), message_id="<1@x>"), "d1", None)], 1)
+    assert st.done_rows(ref)["1"].flags == {"\\Seen"}
+    st.set_flags(ref, [("1", frozenset({"\\Seen", "Work"}))])
+    st.mark_source_deleted(ref, ["1"])
+    row = st.done_rows(ref)["1"]
+    assert row.flags == {"\\Seen", "Work"} and row.src_deleted
+    assert st.known_folders("j", "src") == [(("A",), ("A",))]
+    st.forget_messages(ref, ["1"])
+    assert st.done_rows(ref) == {}
+    st.forget_folder(ref)
+    assert st.known_folders("j", "src") == []

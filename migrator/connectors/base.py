@@ -17,12 +17,31 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from migrator.errors import PlanError
 from migrator.model import Account, Capabilities, FolderInfo, FolderPath, MessageMeta, Secret
 
-__all__ = ["REGISTRY", "Account", "Destination", "Role", "Secret", "Source", "open_store"]
+__all__ = ["REGISTRY", "Account", "Destination", "ListingPage", "Role", "Secret", "Source", "open_store"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListingPage:
+    """One page of an incremental listing (``Source.list_pages``).
+
+    ``messages``: messages new or changed since the cursor (all of them on a first
+    listing), with full metadata; a changed message already copied may come with
+    only its id and flags filled in (``size`` 0). ``vanished``: ids gone since the
+    cursor. ``cursor``: where the next call resumes; the engine saves it only after
+    this page is processed, so a crash replays the page (harmless: copies are
+    idempotent). ``complete``: the pages of this call list the whole folder (a first
+    or reset listing): ids the state knows that none of the pages listed are gone."""
+
+    messages: list[MessageMeta]
+    cursor: str | None
+    vanished: list[str] = field(default_factory=list)
+    complete: bool = True
 
 
 @runtime_checkable
@@ -44,7 +63,20 @@ class Source(Protocol):
         Messages that vanished meanwhile are simply not yielded. Read-only."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Log out. For POP3 this is QUIT, which is when deletions take effect."""
+        ...
+
+    # Optional, by capability -------------------------------------------------
+    # capabilities.incremental:
+    #   def list_pages(self, folder: FolderInfo, cursor: str | None) -> Iterator[ListingPage]
+    #       Changes since ``cursor`` (None or a cursor the store no longer accepts: a
+    #       complete listing). Unchanged folder: no page, or one empty page.
+    # capabilities.can_delete:
+    #   def delete(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> None
+    #       Remove these messages from the source (IMAP: \\Deleted + UID EXPUNGE of
+    #       exactly those UIDs; POP3: DELE, effective at QUIT in close(); Maildir:
+    #       unlink). Ids already gone are not an error.
 
 
 @runtime_checkable
@@ -67,6 +99,14 @@ class Destination(Source, Protocol):
         culprit), QuotaError when full, TransientError when the outcome is unknown
         (the caller must look at the destination before sending again)."""
         ...
+
+    # Optional, by capability -------------------------------------------------
+    # capabilities.can_set_flags:
+    #   def set_flags(self, folder: FolderInfo, changes: Sequence[tuple[str, frozenset[str]]]) -> None
+    #       Give each destination id exactly this flag set (system flags and keywords).
+    # capabilities.can_delete_at_destination:
+    #   def delete(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> None   (ids are destination ids)
+    #   def delete_folder(self, path: FolderPath) -> None      (idempotent: a missing folder is success)
 
 
 Role = Literal["source", "destination"]
