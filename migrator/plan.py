@@ -46,16 +46,20 @@ from pydantic import (
 )
 
 from migrator.errors import PlanError
-from migrator.model import Account, Filters, FolderRules, MailboxJob, Options, Plan, Secret
+from migrator.model import Account, Filters, FolderRules, MailboxJob, OAuth, Options, Plan, Secret
 
 __all__ = ["check_secrets", "load_plan", "parse_size"]
 
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound="BaseModel")
 
-SUPPORTED_TYPES = ("imap", "maildir", "mbox")
-LATER_TYPES = ("pop3", "ews", "exchange-online")
-LOCAL_TYPES = ("maildir", "mbox")
+SUPPORTED_TYPES = ("imap", "pop3", "ews", "exchange-online", "maildir", "mbox", "thunderbird", "pst")
+LATER_TYPES: tuple[str, ...] = ()
+LOCAL_TYPES = ("maildir", "mbox", "thunderbird", "pst")
+MAIL_TYPES = ("imap", "pop3", "exchange-online")  # host + port + TLS mode
+EXO_HOST = "outlook.office365.com"
+# default ports: (tls, starttls/none)
+DEFAULT_PORTS = {"imap": (993, 143), "exchange-online": (993, 143), "pop3": (995, 110)}
 MAX_YAML_NODES = 100_000  # after alias expansion: refuses "billion laughs" documents
 MAX_SIZE = 2**63 - 1  # sizes are stored in SQLite integers
 
@@ -161,6 +165,34 @@ _CONFIG = ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=F
 _OPT = Options()
 
 
+class _OAuth(BaseModel):
+    model_config = _CONFIG
+    flow: Literal["client_credentials", "device_code", "token_file"]
+    tenant: NonEmpty | None = None
+    client_id: NonEmpty | None = None
+    client_secret_env: EnvName | None = None
+    client_secret_file: NonEmpty | None = None
+    token_file: NonEmpty | None = None
+    authority: NonEmpty | None = None
+    scopes: list[NonEmpty] = Field(default_factory=list)
+    cache_file: NonEmpty | None = None
+    validate_authority: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> _OAuth:
+        if self.flow == "token_file" and not self.token_file:
+            raise ValueError("token_file: required for flow token_file")
+        if self.flow in ("client_credentials", "device_code") and not self.client_id:
+            raise ValueError(f"client_id: required for flow {self.flow}")
+        if self.flow in ("client_credentials", "device_code") and not (self.tenant or self.authority):
+            raise ValueError(f"tenant: required for flow {self.flow} (or give authority)")
+        if self.flow == "client_credentials" and not (self.client_secret_env or self.client_secret_file):
+            raise ValueError("client_secret_env or client_secret_file: required for flow client_credentials")
+        if self.client_secret_env and self.client_secret_file:
+            raise ValueError("give at most one of client_secret_env and client_secret_file")
+        return self
+
+
 class _Endpoint(BaseModel):
     model_config = _CONFIG
     type: str
@@ -173,6 +205,17 @@ class _Endpoint(BaseModel):
     password_env: EnvName | None = None
     password_file: NonEmpty | None = None
     path: NonEmpty | None = None
+    oauth: _OAuth | None = None
+    # ews: the EWS URL (skips autodiscover), the server version (skips the version
+    # probe), and whether the login account impersonates each mailbox
+    service_endpoint: NonEmpty | None = None
+    version: NonEmpty | None = None
+    auth: Literal["password", "oauth2", "ntlm", "basic"] | None = None
+    impersonation: bool = False
+    # exchange-online and other limits
+    max_message_size: Size | None = None
+    max_connections: int | None = Field(default=None, ge=1, le=1000)
+    mark_mdn_sent: bool | None = None
 
     @field_validator("type")
     @classmethod
@@ -243,14 +286,28 @@ class _Options(BaseModel):
     batch_bytes: Size = Field(default=_OPT.batch_bytes, ge=1)
     batch_messages: int = Field(default=_OPT.batch_messages, ge=1, le=1_000_000)
     retries: int = Field(default=_OPT.retries, ge=0, le=1000)
+    mode: Literal["copy", "mirror", "move"] = "copy"
+    after_copy: Literal["keep", "delete"] = "keep"
+    delete: bool = False
+    max_delete_share: float = Field(default=_OPT.max_delete_share, ge=0, le=1)
+    force_delete: bool = False
+    pop3_folder: NonEmpty = "INBOX"
+    pop3_seen: bool = False
 
 
 class _Mailbox(BaseModel):
     model_config = _CONFIG
     id: str | None = None
     source: _Side = Field(default_factory=_Side)
+    sources: list[_Side] | None = Field(default=None, min_length=1)  # several sources merged, in order
     destination: _Side = Field(default_factory=_Side)
     options: _Options | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> _Mailbox:
+        if self.sources is not None and "source" in self.model_fields_set:
+            raise ValueError("give either source or sources, not both")
+        return self
 
 
 class _Top(BaseModel):
@@ -773,27 +830,8 @@ def _account(spec: _SideSpec, job_id: str, endpoints: _Endpoints, ctx: _Ctx) -> 
         spec.report("user", "contains control characters")
         return None
     secret = spec.secret or endpoints.secrets.get(name)
-    if ep.type == "imap":
-        ok = True
-        if not user:
-            spec.report("user", f"required for imap endpoint {name!r}")
-            ok = False
-        if secret is None:
-            spec.report(None, f"no password: give password_env or password_file here or on endpoint {name!r}")
-            ok = False
-        if not ok:
-            return None
-        return Account(
-            type="imap",
-            host=ep.host,
-            port=ep.port or (993 if ep.security == "tls" else 143),
-            security=ep.security,
-            verify_tls=ep.verify_tls,
-            ca_file=ctx.absolute(ep.ca_file) if ep.ca_file else None,
-            user=user,
-            secret=secret,
-            timeout=ep.timeout,
-        )
+    if ep.type not in LOCAL_TYPES:
+        return _network_account(spec, name, ep, user, secret, ctx)
     raw = spec.path or ep.path
     if raw is None:
         spec.report("path", f"required for {ep.type} endpoint {name!r}: give path here or on the endpoint")
@@ -802,6 +840,77 @@ def _account(spec: _SideSpec, job_id: str, endpoints: _Endpoints, ctx: _Ctx) -> 
     if expanded is None:
         return None
     return Account(type=ep.type, path=ctx.absolute(expanded), user=user, secret=secret, timeout=ep.timeout)
+
+
+def _oauth(ep: _Endpoint, name: str, ctx: _Ctx) -> OAuth | None:
+    o = ep.oauth
+    if o is None:
+        return None
+    loc = ("endpoints", name, "oauth")
+    client_secret = None
+    if o.client_secret_env:
+        client_secret = Secret(env=o.client_secret_env, origin=ctx.problems.origin((*loc, "client_secret_env")))
+    elif o.client_secret_file:
+        client_secret = Secret(
+            file=ctx.absolute(o.client_secret_file), origin=ctx.problems.origin((*loc, "client_secret_file"))
+        )
+    return OAuth(
+        flow=o.flow,
+        tenant=o.tenant,
+        client_id=o.client_id,
+        client_secret=client_secret,
+        token_file=ctx.absolute(o.token_file) if o.token_file else None,
+        authority=o.authority,
+        scopes=tuple(o.scopes),
+        cache_file=ctx.absolute(o.cache_file) if o.cache_file else None,
+        validate_authority=o.validate_authority,
+    )
+
+
+def _network_account(
+    spec: _SideSpec, name: str, ep: _Endpoint, user: str | None, secret: Secret | None, ctx: _Ctx
+) -> Account | None:
+    """imap, pop3, exchange-online and ews sides: a user and a password or OAuth2."""
+    ok = True
+    if not user:
+        spec.report("user", f"required for {ep.type} endpoint {name!r}")
+        ok = False
+    oauth = _oauth(ep, name, ctx)
+    if ep.type == "exchange-online" and oauth is None and secret is None:
+        spec.report(None, f"no credentials: exchange-online endpoint {name!r} needs `oauth:` (or a password for tests)")
+        ok = False
+    elif oauth is None and secret is None:
+        spec.report(
+            None, f"no password: give password_env or password_file here or on endpoint {name!r} (or `oauth:` there)"
+        )
+        ok = False
+    if not ok:
+        return None
+    options: dict[str, Any] = {}
+    for key in ("service_endpoint", "version", "auth", "max_message_size", "max_connections", "mark_mdn_sent"):
+        value = getattr(ep, key)
+        if value is not None:
+            options[key] = value
+    if ep.impersonation:
+        options["impersonation"] = True
+    host, port = ep.host, ep.port
+    if ep.type in DEFAULT_PORTS:
+        host = host or (EXO_HOST if ep.type == "exchange-online" else None)
+        tls_port, plain_port = DEFAULT_PORTS[ep.type]
+        port = port or (tls_port if ep.security == "tls" else plain_port)
+    return Account(
+        type=ep.type,
+        host=host,
+        port=port,
+        security=ep.security,
+        verify_tls=ep.verify_tls,
+        ca_file=ctx.absolute(ep.ca_file) if ep.ca_file else None,
+        user=user,
+        secret=secret,
+        timeout=ep.timeout,
+        options=options,
+        oauth=oauth,
+    )
 
 
 def _known(endpoints: _Endpoints) -> str:
@@ -861,6 +970,13 @@ def _options(defaults: _Options | None, own: _Options | None) -> Options:
         batch_bytes=opts.batch_bytes,
         batch_messages=opts.batch_messages,
         retries=opts.retries,
+        mode=opts.mode,
+        after_copy=opts.after_copy,
+        delete=opts.delete,
+        max_delete_share=opts.max_delete_share,
+        force_delete=opts.force_delete,
+        pop3_folder=opts.pop3_folder,
+        pop3_seen=opts.pop3_seen,
     )
 
 
@@ -877,10 +993,11 @@ class _JobBuilder:
         self,
         job_id: str,
         id_report: Callable[[str], None],
-        sides: tuple[_SideSpec, _SideSpec],
+        sides: tuple[_SideSpec, ...],
         options: Options,
         origin: str,
     ) -> None:
+        """``sides``: the source(s) in order, then the destination last."""
         problem = _id_problem(job_id)
         if problem is not None:
             id_report(problem)
@@ -888,18 +1005,23 @@ class _JobBuilder:
             id_report(f"duplicate id {job_id!r} (first used at {self.ids[job_id]})")
         else:
             self.ids[job_id] = origin
-        source = _account(sides[0], job_id, self.endpoints, self.ctx)
-        destination = _account(sides[1], job_id, self.endpoints, self.ctx)
-        if source is not None and destination is not None:
-            self.jobs.append(MailboxJob(job_id, source, destination, options, origin))
+        sources = [_account(side, job_id, self.endpoints, self.ctx) for side in sides[:-1]]
+        destination = _account(sides[-1], job_id, self.endpoints, self.ctx)
+        if destination is not None and sources and all(a is not None for a in sources):
+            first, *rest = [a for a in sources if a is not None]
+            self.jobs.append(MailboxJob(job_id, first, destination, options, origin, tuple(rest)))
 
 
 def _inline_job(builder: _JobBuilder, top: _Top, index: int, mailbox: _Mailbox, options: Options) -> None:
     ctx, loc = builder.ctx, ("mailboxes", index)
     specs = []
-    for role in ("source", "destination"):
-        side: _Side = getattr(mailbox, role)
-        side_loc: Loc = (*loc, role)
+    sides: list[tuple[str, _Side, Loc]] = (
+        [("source", side, (*loc, "sources", i)) for i, side in enumerate(mailbox.sources)]
+        if mailbox.sources is not None
+        else [("source", mailbox.source, (*loc, "source"))]
+    )
+    sides.append(("destination", mailbox.destination, (*loc, "destination")))
+    for role, side, side_loc in sides:
 
         def report(fld: str | None, msg: str, side_loc: Loc = side_loc) -> None:
             ctx.problems.at((*side_loc, fld) if fld else side_loc, msg)
@@ -917,15 +1039,9 @@ def _inline_job(builder: _JobBuilder, top: _Top, index: int, mailbox: _Mailbox, 
             )
         )
     explicit = mailbox.id is not None
-    job_id = mailbox.id if mailbox.id is not None else _derived_id(specs[0].user, specs[1].user, index + 1)
+    job_id = mailbox.id if mailbox.id is not None else _derived_id(specs[0].user, specs[-1].user, index + 1)
     id_loc: Loc = (*loc, "id") if explicit else loc
-    builder.add(
-        job_id,
-        lambda msg: ctx.problems.at(id_loc, msg),
-        (specs[0], specs[1]),
-        options,
-        ctx.problems.origin(loc),
-    )
+    builder.add(job_id, lambda msg: ctx.problems.at(id_loc, msg), tuple(specs), options, ctx.problems.origin(loc))
 
 
 def _csv_job(builder: _JobBuilder, top: _Top, row: _CsvRow, number: int, csv_display: str, options: Options) -> None:
@@ -964,9 +1080,12 @@ def _csv_job(builder: _JobBuilder, top: _Top, row: _CsvRow, number: int, csv_dis
 
 def _check_endpoints(top: _Top, endpoints: _Endpoints, ctx: _Ctx) -> None:
     for name, ep in endpoints.models.items():
-        if ep is not None and ep.type == "imap" and not ep.host:
-            ctx.problems.at(("endpoints", name, "host"), "required for type imap")
+        if ep is not None and ep.type in ("imap", "pop3") and not ep.host:
+            ctx.problems.at(("endpoints", name, "host"), f"required for type {ep.type}")
             endpoints.models[name] = None  # reported once here, not again per mailbox
+        elif ep is not None and ep.type == "ews" and not (ep.host or ep.service_endpoint):
+            ctx.problems.at(("endpoints", name, "service_endpoint"), "required for type ews (or give host)")
+            endpoints.models[name] = None
     for role in ("source", "destination"):
         ref = getattr(top, role)
         if ref is not None and ref not in endpoints.models:

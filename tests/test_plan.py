@@ -260,9 +260,14 @@ BAD_PLANS = [
         [(8, "mailboxes[0].source.password_file", "at most one of password_env and password_file")],
     ),
     (
-        "unsupported type",
-        BASE.replace("{type: imap, host: new", "{type: ews, host: new"),
-        [(4, "endpoints.new.type", "not supported yet")],
+        "incomplete oauth",
+        BASE.replace("{type: imap, host: new", "{type: imap, oauth: {flow: client_credentials}, host: new"),
+        [(4, "endpoints.new.oauth", "client_id: required")],
+    ),
+    (
+        "source and sources",
+        BASE.replace("source: {user: a}", "source: {user: a}\n    sources: [{user: b}]"),
+        [(8, "mailboxes[0]", "either source or sources")],
     ),
     (
         "unknown type",
@@ -739,3 +744,54 @@ def test_hostile_csv_never_leaks_or_crashes(parts: list[str]) -> None:
         assert CSV_PASSWORD not in str(exc)
     else:
         assert CSV_PASSWORD not in repr(plan)
+
+
+def test_new_endpoint_types_sources_and_modes(tmp_path: Path) -> None:
+    plan = tmp_path / "p.yaml"
+    plan.write_text(
+        """version: 1
+endpoints:
+  pop: {type: pop3, host: pop.example, password_env: P}
+  pop_plain: {type: pop3, host: pop.example, security: starttls, password_env: P}
+  tb: {type: thunderbird, path: "profiles/{user}"}
+  exo:
+    type: exchange-online
+    max_message_size: 150MB
+    oauth: {flow: client_credentials, tenant: t1, client_id: app, client_secret_env: SECRET}
+  onprem: {type: ews, service_endpoint: "https://ex.example/EWS/Exchange.asmx", version: Exchange2016,
+           auth: ntlm, password_env: P}
+destination: exo
+defaults: {mode: move, after_copy: delete, pop3_seen: true, pop3_folder: "Imported/POP"}
+mailboxes:
+  - id: alice
+    sources: [{endpoint: tb, user: alice}, {endpoint: pop, user: alice}]
+    destination: {user: alice@example.com}
+  - id: bob
+    source: {endpoint: pop_plain, user: bob}
+    destination: {user: bob@example.com}
+    options: {mode: mirror, delete: true, max_delete_share: 0.2}
+  - id: carol
+    source: {endpoint: onprem, user: carol@ex.example}
+    destination: {user: carol@example.com}
+""",
+        encoding="utf-8",
+    )
+    p = load_plan(plan)
+    alice, bob, carol = p.jobs
+    assert [a.type for a in alice.sources] == ["thunderbird", "pop3"]
+    assert alice.sources[0].path == str(tmp_path / "profiles" / "alice")
+    assert (alice.sources[1].port, alice.sources[1].security) == (995, "tls")
+    assert (bob.source.port, bob.source.security) == (110, "starttls")
+    dst = alice.destination
+    assert (dst.type, dst.host, dst.port) == ("exchange-online", "outlook.office365.com", 993)
+    assert dst.options["max_message_size"] == 150_000_000
+    assert dst.oauth is not None and dst.oauth.flow == "client_credentials" and dst.oauth.client_secret.env == "SECRET"
+    assert "SECRET" not in repr(dst.oauth.client_secret.value)
+    assert (alice.options.mode, alice.options.after_copy, alice.options.pop3_seen) == ("move", "delete", True)
+    assert alice.options.pop3_folder == "Imported/POP"
+    assert (bob.options.mode, bob.options.delete, bob.options.max_delete_share) == ("mirror", True, 0.2)
+    assert carol.source.options == {
+        "service_endpoint": "https://ex.example/EWS/Exchange.asmx",
+        "version": "Exchange2016",
+        "auth": "ntlm",
+    }

@@ -114,8 +114,13 @@ Role = Literal["source", "destination"]
 # type -> "module:function"; the function takes (account, role) and returns a store.
 REGISTRY: dict[str, str] = {
     "imap": "migrator.connectors.imap:open_imap",
+    "pop3": "migrator.connectors.pop3:open_pop3",
     "maildir": "migrator.connectors.local:open_maildir",
     "mbox": "migrator.connectors.local:open_mbox",
+    "thunderbird": "migrator.connectors.desktop:open_thunderbird",
+    "pst": "migrator.connectors.desktop:open_pst",
+    "ews": "migrator.connectors.ews:open_ews",
+    "exchange-online": "migrator.connectors.exo:open_exchange_online",
 }
 
 

@@ -271,6 +271,9 @@ def _starttls(client: IMAPClient, where: str, ctx: ssl.SSLContext | None) -> Non
 
 def _login(client: IMAPClient, account: Account) -> None:
     host, user = account.host, account.user or ""
+    if account.oauth is not None:
+        _oauth_login(client, account)
+        return
     if account.secret is None:
         raise AuthError(f"{host}: no password given for {user}")
     password = account.secret.get()
@@ -281,6 +284,21 @@ def _login(client: IMAPClient, account: Account) -> None:
         if password:
             text = text.replace(password, "***")
         raise AuthError(f"{host}: login failed for {user}: {text}") from None
+    except (OSError, imaplib.IMAP4.abort) as exc:
+        raise ConnectError(f"{host}: connection lost during login: {exc}") from None
+
+
+def _oauth_login(client: IMAPClient, account: Account) -> None:
+    """AUTHENTICATE XOAUTH2 with a token from migrator.auth (fresh on every connect)."""
+    from migrator.auth import access_token
+
+    host, user = account.host, account.user or ""
+    token = access_token(account)
+    try:
+        client.oauth2_login(user, token)
+    except imap_exc.LoginError as exc:
+        text = re.sub(r"^b'(.*)'$", r"\1", str(exc)).strip().replace(token, "***")
+        raise AuthError(f"{host}: XOAUTH2 login failed for {user}: {text}") from None
     except (OSError, imaplib.IMAP4.abort) as exc:
         raise ConnectError(f"{host}: connection lost during login: {exc}") from None
 
