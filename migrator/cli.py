@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -44,6 +44,17 @@ StateFile = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; only the final summary line.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log each step to stderr.")]
+ForceDelete = Annotated[
+    bool, typer.Option("--force-delete", help="Mirror: delete even past the deletion guard's share, this run only.")
+]
+Report = Annotated[
+    list[Path] | None,
+    typer.Option("--report", help="Also write a report: FILE.json, FILE.csv or FILE.html (repeatable)."),
+]
+MetricsFile = Annotated[
+    Path | None, typer.Option("--metrics-file", help="Write Prometheus textfile metrics here at the end.")
+]
+LogJson = Annotated[Path | None, typer.Option("--log-json", help="Also log events as JSON lines to this file.")]
 Parallel = Annotated[
     int | None, typer.Option("--parallel", min=1, help="Mailboxes copied at the same time (default: the plan's).")
 ]
@@ -60,12 +71,16 @@ def _err(msg: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(msg, markup=False)
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, log_json: Path | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if log_json is not None:
+        from migrator.observe import add_json_log
+
+        add_json_log(log_json)
 
 
 def _plan_or_exit(path: Path) -> Plan:
@@ -87,24 +102,40 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _execute(
-    jobs: list[MailboxJob], state_path: Path, *, dry_run: bool, parallel: int | None, quiet: bool, command: str
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """How a run is carried out and reported (shared by `run` and `copy`)."""
+
+    dry_run: bool = False
+    parallel: int | None = None
+    quiet: bool = False
+    command: str = "run"
+    force_delete: bool = False
+    reports: tuple[Path, ...] = ()  # .json / .csv / .html, by extension
+    log_json: Path | None = None  # JSON-lines event log
+    metrics_file: Path | None = None  # Prometheus textfile
+    plan_name: str = ""
+
+
+def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
     """Run ``jobs`` with progress and summary; always ends with typer.Exit(code)."""
     console = _console()
     _sigterm_as_interrupt()
-    view = ProgressView(console, [j.id for j in jobs], enabled=not quiet and console.is_terminal)
+    view = ProgressView(console, [j.id for j in jobs], enabled=not ex.quiet and console.is_terminal)
     stats = RunStats([j.id for j in jobs], listener=view.update)
     try:
-        lock = None if dry_run else RunLock(state_path)
+        lock = None if ex.dry_run else RunLock(state_path)
         if lock:
             lock.__enter__()
     except LockedError as exc:
         _err(str(exc))
         raise typer.Exit(int(ExitCode.LOCKED)) from None
+    options = RunOptions(
+        dry_run=ex.dry_run, parallel_mailboxes=ex.parallel, command=ex.command, force_delete=ex.force_delete
+    )
     try:
-        state = State.open(state_path, readonly=dry_run)
-        engine = Engine(jobs, state, stats, RunOptions(dry_run=dry_run, parallel_mailboxes=parallel, command=command))
+        state = State.open(state_path, readonly=ex.dry_run)
+        engine = Engine(jobs, state, stats, options)
         try:
             with view:
                 engine.run()
@@ -116,10 +147,19 @@ def _execute(
         if lock:
             lock.__exit__(None, None, None)
     code = exit_code(stats)
-    if not quiet:
-        console.print(summary_table(stats, dry_run=dry_run))
-        details(stats, console, dry_run=dry_run)
-    line = one_line(stats, code, dry_run=dry_run)
+    if not ex.quiet:
+        console.print(summary_table(stats, dry_run=ex.dry_run))
+        details(stats, console, dry_run=ex.dry_run)
+    if ex.reports:
+        from migrator.reports import write_reports
+
+        for path in write_reports(ex.reports, stats, jobs, dry_run=ex.dry_run, plan_name=ex.plan_name):
+            console.print(f"report written: {path}", markup=False)
+    if ex.metrics_file:
+        from migrator.observe import write_metrics
+
+        write_metrics(ex.metrics_file, stats, code, plan_name=ex.plan_name)
+    line = one_line(stats, code, dry_run=ex.dry_run)
     if code == ExitCode.INTERRUPTED:
         line += " (interrupted: run the same command again to resume)"
     console.print(line, markup=False)
@@ -187,6 +227,16 @@ def run(
     ] = None,
     state: StateFile = None,
     parallel: Parallel = None,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="Run only shard I of N (I/N, 1-based), balanced by bytes.")
+    ] = None,
+    rebalance: Annotated[
+        bool, typer.Option("--rebalance", help="With --shard: recompute the assignment from scratch.")
+    ] = False,
+    force_delete: ForceDelete = False,
+    report: Report = None,
+    metrics_file: MetricsFile = None,
+    log_json: LogJson = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -194,10 +244,31 @@ def run(
 
     Example: migrator run plans/acme.yaml --mailbox alice --dry-run
     """
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_json)
     p = _plan_or_exit(plan)
     jobs = _select(p, mailbox)
-    _execute(jobs, state or p.state_path, dry_run=dry_run, parallel=parallel, quiet=quiet, command="run")
+    state_path = state or p.state_path
+    if shard:
+        from migrator.shard import select_shard
+
+        try:
+            jobs, state_path = select_shard(p, jobs, shard, rebalance=rebalance, state_override=state)
+        except PlanError as exc:
+            for line in exc.problems:
+                _err(line)
+            raise typer.Exit(int(ExitCode.CONFIG)) from None
+    ex = Execution(
+        dry_run=dry_run,
+        parallel=parallel,
+        quiet=quiet,
+        command="run",
+        force_delete=force_delete,
+        reports=tuple(report or ()),
+        log_json=log_json,
+        metrics_file=metrics_file,
+        plan_name=p.name,
+    )
+    _execute(jobs, state_path, ex)
 
 
 @app.command()
@@ -272,6 +343,15 @@ def copy(
     dest: Annotated[str, typer.Argument(help="Same forms as SOURCE.")],
     dry_run: DryRun = False,
     state: StateFile = None,
+    mode: Annotated[
+        str, typer.Option("--mode", help="copy (add what is new), mirror (also flags; deletions with --delete), move.")
+    ] = "copy",
+    after_copy: Annotated[
+        str, typer.Option("--after-copy", help="keep (default) or delete source messages once their copy is confirmed.")
+    ] = "keep",
+    delete: Annotated[bool, typer.Option("--delete", help="Mirror: propagate deletions too.")] = False,
+    force_delete: ForceDelete = False,
+    report: Report = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
 ) -> None:
@@ -284,6 +364,9 @@ def copy(
     Example: migrator copy imaps://alice@old.example imaps://alice@new.example
     """
     _setup_logging(verbose)
+    if mode not in ("copy", "mirror", "move") or after_copy not in ("keep", "delete"):
+        _err(f"--mode must be copy, mirror or move (got {mode!r}); --after-copy keep or delete (got {after_copy!r})")
+        raise typer.Exit(int(ExitCode.CONFIG))
     try:
         src = parse_url(source)
         dst = parse_url(dest)
@@ -295,9 +378,19 @@ def copy(
         src = _with_secret(src, _password("MIGRATOR_SOURCE_PASSWORD", redact(source)))
     if dst.host is not None:
         dst = _with_secret(dst, _password("MIGRATOR_DEST_PASSWORD", redact(dest)))
-    job = MailboxJob(id="copy", source=src, destination=dst, options=Options(), origin="command line")
+    options = Options(mode=mode, after_copy=after_copy, delete=delete)  # type: ignore[arg-type]
+    job = MailboxJob(id="copy", source=src, destination=dst, options=options, origin="command line")
     path = state or Path("state") / pair_state_name(source, dest)
-    _execute([job], path, dry_run=dry_run, parallel=1, quiet=quiet, command="copy")
+    ex = Execution(
+        dry_run=dry_run,
+        parallel=1,
+        quiet=quiet,
+        command="copy",
+        force_delete=force_delete,
+        reports=tuple(report or ()),
+        plan_name="copy",
+    )
+    _execute([job], path, ex)
 
 
 def _with_secret(account: Account, secret: Secret) -> Account:

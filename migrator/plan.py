@@ -705,7 +705,8 @@ def _read_csv(path: str, display: str, problems: _Problems) -> list[_CsvRow]:
     try:
         raw = Path(path).read_bytes()
     except (OSError, ValueError) as exc:
-        problems.plain(f"{display}: cannot read mailbox CSV: {getattr(exc, 'strerror', None) or exc}")
+        reason = getattr(exc, "strerror", None) or exc
+        problems.at(("mailboxes_csv",), f"cannot read mailbox CSV {display}: {reason}")
         return []
     try:
         text = raw.decode("utf-8-sig")

@@ -14,7 +14,7 @@ from migrator.model import MessageMeta
 from migrator.state import FolderRef, RunLock, State
 
 
-def R(path=("INBOX",), validity=7, source="src", dst=None) -> FolderRef:  # noqa: N802
+def R(path=("INBOX",), validity=7, source="src", dst=None) -> FolderRef:
     return FolderRef("j", source, tuple(path), validity, tuple(dst or path))
 
 
