@@ -247,6 +247,7 @@ class MailboxRun:
         for page in self._pages(src, src_folder, cursor):
             complete = complete or page.complete
             listed_ids.update(m.id for m in page.messages)
+            self.stats.listing(jid, fstats, page.messages)  # sizes, Message-ID problems for reports
             vanished.extend(page.vanished)
             m = march(page.messages, done, pending, opts.filters, dst.capabilities)
             if m.skipped:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from migrator.model import FolderPath
+from migrator.model import FolderPath, MessageMeta
 
 COUNTERS = (
     "listed",
@@ -22,7 +23,11 @@ COUNTERS = (
     "flags_changed",
     "deleted",
     "source_deleted",
+    "listed_bytes",
+    "no_message_id",
+    "duplicate_message_ids",
 )
+DUPLICATE_EXAMPLES = 5  # Message-IDs kept per folder to show in reports
 
 
 @dataclass(slots=True)
@@ -43,6 +48,11 @@ class FolderStats:
     flags_changed: int = 0  # mirror: destination copies whose flags were updated
     deleted: int = 0  # mirror: destination copies deleted because the source message is gone
     source_deleted: int = 0  # move / after_copy delete: source messages deleted after a confirmed copy
+    # from the source listing (RunStats.listing; settled when the mailbox finishes):
+    listed_bytes: int = 0  # RFC 822 octets of the listed source messages
+    no_message_id: int = 0  # listed messages without a Message-ID
+    duplicate_message_ids: int = 0  # listed messages sharing their Message-ID with another one of this folder
+    duplicate_examples: tuple[tuple[str, int], ...] = ()  # (Message-ID, how many) for a few of them
 
 
 @dataclass(slots=True)
@@ -57,6 +67,11 @@ class MailboxStats:
     excluded: list[tuple[FolderPath, str]] = field(default_factory=list)
     skipped_messages: list[tuple[FolderPath, str, str]] = field(default_factory=list)  # folder, id, reason
     failed_messages: list[tuple[FolderPath, str, str]] = field(default_factory=list)
+    # source listings of the running mailbox: (store, folder) -> {id: (Message-ID, size)};
+    # keyed by id so a retry's second listing counts nothing twice; dropped at finish
+    listings: dict[tuple[str, FolderPath], dict[str, tuple[str | None, int]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def total(self, name: str) -> int:
         return sum(getattr(f, name) for f in self.folders)
@@ -97,7 +112,32 @@ class RunStats:
             mb = self.mailboxes[job]
             mb.status, mb.finished = status, time.monotonic()
             mb.error, mb.error_kind = error, kind
+            self._settle(mb)
         self._changed(mb)
+
+    def listing(self, job: str, fs: FolderStats, messages: Iterable[MessageMeta]) -> None:
+        """The engine shows every source listing page here. The folder's
+        ``listed_bytes``, ``no_message_id`` and ``duplicate_message_ids`` are settled
+        when the mailbox finishes (memory: one small tuple per listed message of the
+        running mailbox, released then)."""
+        with self._lock:
+            seen = self.mailboxes[job].listings.setdefault((fs.store, fs.source), {})
+            for m in messages:
+                seen[m.id] = (m.message_id, m.size)
+
+    @staticmethod
+    def _settle(mb: MailboxStats) -> None:
+        for (store, source), seen in mb.listings.items():
+            fs = next((f for f in mb.folders if f.store == store and f.source == source), None)
+            if fs is None:
+                continue
+            mids = Counter(mid for mid, _ in seen.values() if mid)
+            dups = sorted(((mid, n) for mid, n in mids.items() if n > 1), key=lambda x: (-x[1], x[0]))
+            fs.listed_bytes = sum(size for _, size in seen.values())
+            fs.no_message_id = sum(1 for mid, _ in seen.values() if not mid)
+            fs.duplicate_message_ids = sum(n for _, n in dups)
+            fs.duplicate_examples = tuple(dups[:DUPLICATE_EXAMPLES])
+        mb.listings.clear()
 
     def folder(
         self, job: str, store: str, source: FolderPath, dest: FolderPath, notes: tuple[str, ...] = ()
