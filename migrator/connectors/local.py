@@ -19,6 +19,12 @@ mbox
     message bytes. A message whose bytes cannot be written plainly (no final newline,
     or it carries such headers itself) gets an ``X-Migrator-Meta`` line that marks
     where the store's lines begin. The id is a content hash: stable across runs.
+    Thunderbird's own ``X-Mozilla-Status``/``-Status2``/``-Keys`` lines are read for
+    flags when a message has no ``Status`` lines, but stay in the bytes: an mbox is
+    returned as it is in the file. To read a Thunderbird profile as Thunderbird saw
+    the messages (those lines removed, expunged messages skipped) use the
+    ``thunderbird`` type (``migrator.connectors.desktop``). ``fetch`` seeks to the
+    offsets of the last listing while the file is unchanged.
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ from __future__ import annotations
 import calendar
 import errno
 import hashlib
+import io
 import logging
 import os
 import re
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -622,23 +629,55 @@ def _from_line(date: datetime | None) -> bytes:
     return b"From MAILER-DAEMON " + time.asctime(when.timetuple()).encode("ascii") + b"\n"
 
 
-def _iter_entries(fh: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
-    """(From_ line, unquoted content) of every entry of an mbox file, streaming."""
+def scan_mbox(fh: BinaryIO, start: int = 0) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """(From_ line, unquoted content, start offset, end offset) of every entry of an
+    mbox file read from ``fh`` (positioned at ``start``), streaming. ``end`` is where
+    the next entry's From_ line begins (or the end of the file), so reading the bytes
+    ``[start, end)`` and scanning them again yields exactly that one entry."""
     from_line: bytes | None = None
     content: list[bytes] = []
+    entry_start = pos = start
     prev_blank = True  # the start of the file counts as "after a blank line"
     for line in fh:
         if prev_blank and line.startswith(b"From "):
             if from_line is not None:
-                yield from_line, _strip_separator(content)
-            from_line, content = line, []
+                yield from_line, _strip_separator(content), entry_start, pos
+            from_line, content, entry_start = line, [], pos
+            pos += len(line)
             prev_blank = False
             continue
+        pos += len(line)
         prev_blank = _is_blank(line)
         if from_line is not None:
             content.append(_unquote_line(line))
     if from_line is not None:
-        yield from_line, _strip_separator(content)
+        yield from_line, _strip_separator(content), entry_start, pos
+
+
+def read_mbox_entry(fh: BinaryIO, start: int, end: int) -> tuple[bytes, bytes] | None:
+    """(From_ line, unquoted content) of the entry at ``[start, end)`` of an mbox
+    file (offsets from ``scan_mbox``), or None when no entry begins there any more."""
+    fh.seek(start)
+    data = fh.read(end - start)
+    if not data.startswith(b"From "):
+        return None
+    entries = list(scan_mbox(io.BytesIO(data)))
+    if len(entries) != 1:
+        return None
+    from_line, content, _, _ = entries[0]
+    return from_line, content
+
+
+def _iter_entries(fh: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    """(From_ line, unquoted content) of every entry of an mbox file, streaming."""
+    for from_line, content, _, _ in scan_mbox(fh):
+        yield from_line, content
+
+
+def file_signature(fh: BinaryIO) -> tuple[int, int]:
+    """(size, mtime in ns) of an open file: an offset index is valid while it holds."""
+    st = os.fstat(fh.fileno())
+    return st.st_size, st.st_mtime_ns
 
 
 def _strip_separator(content: list[bytes]) -> bytes:
@@ -655,6 +694,104 @@ def _mbox_key(raw: bytes, seen: Counter[str]) -> str:
     return f"{digest}-{seen[digest]}"
 
 
+EntryDecoder = Callable[[bytes, bytes], tuple[bytes, frozenset[str], datetime | None, dict[str, str]] | None]
+
+
+def _decode_plain(from_line: bytes, content: bytes) -> tuple[bytes, frozenset[str], datetime | None, dict[str, str]]:
+    raw, flags = decode_mbox_entry(content)
+    return raw, flags, _from_line_date(from_line), {}
+
+
+class MboxReader:
+    """Reads the messages of mbox folder files through a decoder, with content-hash ids
+    (stable across runs and flag changes) and an offset index so that ``fetch`` seeks
+    instead of reading a large file through once per batch.
+
+    The decoder turns (From_ line, unquoted content) into (message bytes, flags,
+    internal date, extra) or None for an entry that is not a live message (it then
+    takes no id). One instance per store; used by one thread at a time."""
+
+    def __init__(self, decode: EntryDecoder):
+        self._decode = decode
+        # file -> (signature, id -> (start, end), hash counts)
+        self._index: dict[Path, tuple[tuple[int, int], dict[str, tuple[int, int]], Counter[str]]] = {}
+
+    def state(self, target: Path) -> tuple[int, dict[str, tuple[int, int]], Counter[str]]:
+        """(file size, offsets, hash counts) of the last complete read of ``target``."""
+        sig, offsets, seen = self._index[target]
+        return sig[0], offsets, seen
+
+    @staticmethod
+    def _open(target: Path, label: str) -> BinaryIO:
+        try:
+            return target.open("rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise FolderError(f"folder {label!r} does not exist at {target}") from None
+        except OSError as exc:
+            raise FolderError(f"cannot read {target}: {exc.strerror}") from None
+
+    def _meta(
+        self, decoded: tuple[bytes, frozenset[str], datetime | None, dict[str, str]], seen: Counter[str]
+    ) -> tuple[MessageMeta, bytes]:
+        raw, flags, date, extra = decoded
+        meta = MessageMeta(
+            id=_mbox_key(raw, seen),
+            size=crlf_size(raw),
+            flags=flags,
+            internal_date=date,
+            message_id=message_id_from_header_block(raw[:HEADER_PROBE_LIMIT]),
+            extra=extra,
+        )
+        return meta, raw
+
+    def entries(self, target: Path, label: str) -> Iterator[tuple[MessageMeta, bytes]]:
+        """Every live message of ``target`` in file order; records the offset index
+        once the file has been read to its end. FolderError when it cannot be read."""
+        seen: Counter[str] = Counter()
+        offsets: dict[str, tuple[int, int]] = {}
+        with self._open(target, label) as fh:
+            sig = file_signature(fh)
+            for from_line, content, start, end in scan_mbox(fh):
+                decoded = self._decode(from_line, content)
+                if decoded is None:
+                    continue
+                meta, raw = self._meta(decoded, seen)
+                offsets[meta.id] = (start, end)
+                yield meta, raw
+        self._index[target] = (sig, offsets, seen)
+
+    def fetch(self, target: Path, label: str, msgs: Sequence[MessageMeta]) -> Iterator[tuple[MessageMeta, bytes]]:
+        """The messages of ``msgs`` still in ``target`` (vanished ids are skipped)."""
+        wanted = {m.id for m in msgs}
+        cached = self._index.get(target)
+        if cached is not None:
+            sig, offsets, _ = cached
+            with self._open(target, label) as fh:
+                if file_signature(fh) == sig and all(i in offsets for i in wanted):
+                    got = list(self._fetch_at(fh, offsets, sorted(wanted, key=lambda i: offsets[i])))
+                    if all(g is not None for g in got):
+                        yield from (g for g in got if g is not None)
+                        return
+        for meta, raw in self.entries(target, label):
+            if meta.id in wanted:
+                yield meta, raw
+
+    def _fetch_at(
+        self, fh: BinaryIO, offsets: dict[str, tuple[int, int]], ids: list[str]
+    ) -> Iterator[tuple[MessageMeta, bytes] | None]:
+        """Entries at the indexed offsets; None for one that no longer matches its id."""
+        for msg_id in ids:
+            start, end = offsets[msg_id]
+            entry = read_mbox_entry(fh, start, end)
+            decoded = self._decode(*entry) if entry is not None else None
+            if decoded is None:
+                yield None
+                continue
+            seq = int(msg_id.rsplit("-", 1)[1])
+            meta, raw = self._meta(decoded, Counter({msg_id.rsplit("-", 1)[0]: seq - 1}))
+            yield (meta, raw) if meta.id == msg_id else None
+
+
 class MboxStore:
     """mbox files: one file (INBOX only) or a Thunderbird directory tree."""
 
@@ -665,6 +802,7 @@ class MboxStore:
         self.role = role
         self.single_file = single_file
         self._counts: dict[Path, tuple[int, Counter[str]]] = {}  # file -> (size, hash counts)
+        self._reader = MboxReader(_decode_plain)
 
     def __repr__(self) -> str:
         return f"MboxStore({str(self.root)!r}, {self.role})"
@@ -735,25 +873,8 @@ class MboxStore:
 
     def _entries(self, folder: FolderInfo) -> Iterator[tuple[MessageMeta, bytes]]:
         target = self._file(folder.path)
-        seen: Counter[str] = Counter()
-        try:
-            fh = target.open("rb")
-        except FileNotFoundError:
-            raise FolderError(f"folder {'/'.join(folder.path)!r} does not exist at {target}") from None
-        except OSError as exc:
-            raise FolderError(f"cannot read {target}: {exc.strerror}") from None
-        with fh:
-            size = os.fstat(fh.fileno()).st_size
-            for from_line, content in _iter_entries(fh):
-                raw, flags = decode_mbox_entry(content)
-                meta = MessageMeta(
-                    id=_mbox_key(raw, seen),
-                    size=crlf_size(raw),
-                    flags=flags,
-                    internal_date=_from_line_date(from_line),
-                    message_id=message_id_from_header_block(raw[:HEADER_PROBE_LIMIT]),
-                )
-                yield meta, raw
+        yield from self._reader.entries(target, "/".join(folder.path))
+        size, _, seen = self._reader.state(target)
         self._counts[target] = (size, seen)
 
     def list_messages(self, folder: FolderInfo) -> list[MessageMeta]:
@@ -761,11 +882,10 @@ class MboxStore:
         return [meta for meta, _ in self._entries(folder)]
 
     def fetch(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> Iterator[tuple[MessageMeta, bytes]]:
-        """Exact bytes of ``msgs`` (file order); vanished ones are skipped. Read-only."""
-        wanted = {m.id for m in msgs}
-        for meta, raw in self._entries(folder):
-            if meta.id in wanted:
-                yield meta, raw
+        """Exact bytes of ``msgs``; vanished ones are skipped. Read-only. Seeks to the
+        offsets the last listing saw while the file is unchanged, else reads it through."""
+        target = self._file(folder.path)
+        yield from self._reader.fetch(target, "/".join(folder.path), msgs)
 
     def close(self) -> None:
         """Nothing to release. Idempotent."""
