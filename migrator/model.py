@@ -55,6 +55,17 @@ class Capabilities:
     # parts and reports the rename.
     forbidden_name_chars: str = ""
     max_name_length: int | None = None
+    # Top-level folder names the store keeps for itself (compared case-insensitively;
+    # Exchange Online: Calendar, Contacts, ...). folders.py renames a mail folder
+    # that would land on one, and reports it.
+    reserved_names: tuple[str, ...] = ()
+    # Longest line (octets, without CRLF) the store accepts in a message; longer ones
+    # are re-encoded by Destination.adapt (capabilities.adapts_messages).
+    max_line_length: int | None = None
+    adapts_messages: bool = False  # Destination.adapt(meta, raw) exists (see connectors/base.py)
+    # Connections the service allows per mailbox (Exchange Online throttles beyond a
+    # few); the engine uses one source and one destination connection per mailbox.
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
