@@ -397,7 +397,7 @@ class DovecotServer:
         oauth_mechs = passwd_mechs = oauth_passdb = ""
         if self.oauth2 is not None:
             oauth_mechs = " xoauth2 oauthbearer"
-            passwd_mechs = "\n  mechanisms = plain login"
+            passwd_mechs = "\n  mechanisms = plain login apop"
             oauth_passdb = (
                 "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
                 f"  args = {root}/dovecot-oauth2.conf.ext\n}}\n"
@@ -419,7 +419,8 @@ ssl = yes
 ssl_cert = <{root}/ssl/cert.pem
 ssl_key = <{root}/ssl/key.pem
 {dh}disable_plaintext_auth = no
-auth_mechanisms = plain login{oauth_mechs}
+# apop: the POP3 greeting offers an APOP timestamp (never advertised over IMAP)
+auth_mechanisms = plain login apop{oauth_mechs}
 auth_failure_delay = 0
 
 passdb {{
