@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,6 +27,9 @@ from migrator.report import ExitCode, ProgressView, details, exit_code, one_line
 from migrator.state import RunLock, State
 from migrator.stats import RunStats
 from migrator.urls import pair_state_name, parse_url, redact
+
+if TYPE_CHECKING:
+    from migrator.predict import Throughput
 
 app = typer.Typer(
     add_completion=False,
@@ -115,10 +118,18 @@ class Execution:
     log_json: Path | None = None  # JSON-lines event log
     metrics_file: Path | None = None  # Prometheus textfile
     plan_name: str = ""
+    throughput: Throughput | None = None  # dry runs: the estimate's speed (else measured)
 
 
 def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
     """Run ``jobs`` with progress and summary; always ends with typer.Exit(code)."""
+    from migrator.reports import check_report_paths
+
+    try:
+        check_report_paths(ex.reports)
+    except PlanError as exc:
+        _err(str(exc))
+        raise typer.Exit(int(ExitCode.CONFIG)) from None
     console = _console()
     _sigterm_as_interrupt()
     view = ProgressView(console, [j.id for j in jobs], enabled=not ex.quiet and console.is_terminal)
@@ -147,13 +158,19 @@ def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
         if lock:
             lock.__exit__(None, None, None)
     code = exit_code(stats)
+    data = _report(jobs, stats, state_path, ex) if ex.dry_run or ex.reports else None
     if not ex.quiet:
-        console.print(summary_table(stats, dry_run=ex.dry_run))
-        details(stats, console, dry_run=ex.dry_run)
-    if ex.reports:
-        from migrator.reports import write_reports
+        if ex.dry_run and data is not None:
+            from migrator.reports import print_dry_run
 
-        for path in write_reports(ex.reports, stats, jobs, dry_run=ex.dry_run, plan_name=ex.plan_name):
+            print_dry_run(console, data)
+        else:
+            console.print(summary_table(stats, dry_run=ex.dry_run))
+            details(stats, console, dry_run=ex.dry_run)
+    if ex.reports and data is not None:
+        from migrator.reports import write_report_files
+
+        for path in write_report_files(ex.reports, data):
             console.print(f"report written: {path}", markup=False)
     if ex.metrics_file:
         from migrator.observe import write_metrics
@@ -164,6 +181,19 @@ def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
         line += " (interrupted: run the same command again to resume)"
     console.print(line, markup=False)
     raise typer.Exit(int(code))
+
+
+def _report(jobs: list[MailboxJob], stats: RunStats, state_path: Path, ex: Execution) -> dict[str, Any]:
+    """The run's report data; a dry run's with predictions (probes, problems, estimate)."""
+    from migrator.reports import report_data
+
+    prediction = None
+    if ex.dry_run and not stats.interrupted:
+        from migrator.predict import predict
+
+        parallel = ex.parallel or max((j.options.parallel_mailboxes for j in jobs), default=1)
+        prediction = predict(jobs, stats, state_path=state_path, throughput=ex.throughput, parallel=parallel)
+    return report_data(stats, jobs, dry_run=ex.dry_run, plan_name=ex.plan_name, prediction=prediction)
 
 
 def _select(plan: Plan, mailbox: list[str] | None) -> list[MailboxJob]:
@@ -233,6 +263,10 @@ def run(
     rebalance: Annotated[
         bool, typer.Option("--rebalance", help="With --shard: recompute the assignment from scratch.")
     ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="With --shard: balance by the bytes in this (dry-run) JSON report."),
+    ] = None,
     force_delete: ForceDelete = False,
     report: Report = None,
     metrics_file: MetricsFile = None,
@@ -252,7 +286,9 @@ def run(
         from migrator.shard import select_shard
 
         try:
-            jobs, state_path = select_shard(p, jobs, shard, rebalance=rebalance, state_override=state)
+            jobs, state_path = select_shard(
+                p, jobs, shard, rebalance=rebalance, state_override=state, weights_report=weights, dry_run=dry_run
+            )
         except PlanError as exc:
             for line in exc.problems:
                 _err(line)
@@ -391,6 +427,155 @@ def copy(
         plan_name="copy",
     )
     _execute([job], path, ex)
+
+
+report_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Work with run reports.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("merge")
+def report_merge(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="INPUT...", help="Shard reports (.json) and/or state DBs (default with --plan: its shard DBs)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Write the merged report here (.json, .csv, .html).")
+    ] = Path("merged-report.json"),
+    plan: Annotated[
+        Path | None, typer.Option("--plan", help="The plan: mailbox order, and needed to read state DBs.")
+    ] = None,
+    state: StateFile = None,
+) -> None:
+    """Combine the reports and/or state DBs of shards into one report (a single run's schema).
+
+    Exit 1 when a mailbox of the plan is in no input.
+
+    Example: migrator report merge --plan plans/acme.yaml shard-*.json -o acme.json
+    """
+    from migrator.merge import merge_inputs, write_merged
+    from migrator.shard import shard_db_paths
+
+    p = _plan_or_exit(plan) if plan else None
+    paths = list(inputs or ())
+    if not paths and p is not None:
+        paths = list(shard_db_paths(Path(state or p.state_path)).values())
+    if not paths:
+        _err("report merge: no inputs (give reports or state DBs, or --plan to use its shard DBs)")
+        raise typer.Exit(int(ExitCode.CONFIG))
+    try:
+        merged, missing = merge_inputs(paths, p)
+        write_merged(output, merged)
+    except PlanError as exc:
+        for line in exc.problems:
+            _err(line)
+        raise typer.Exit(int(ExitCode.CONFIG)) from None
+    console = _console()
+    console.print(f"report written: {output} ({len(merged['mailboxes'])} mailbox(es) from {len(paths)} input(s))")
+    if missing:
+        _err(f"report merge: {len(missing)} mailbox(es) of the plan in no input: {', '.join(missing)}")
+        raise typer.Exit(int(ExitCode.FAILED))
+
+
+@app.command("plan")
+def plan_command(
+    plan: Annotated[Path, typer.Argument(help="The plan file (YAML).")],
+    mailbox: Annotated[
+        list[str] | None, typer.Option("--mailbox", "-m", help="Only this mailbox id (repeatable).")
+    ] = None,
+    state: StateFile = None,
+    parallel: Parallel = None,
+    throughput: Annotated[
+        str | None,
+        typer.Option(
+            "--throughput",
+            help="Speed of one mailbox for the estimate: 20msg/s, 5MB/s or both (20msg/s,5MB/s). "
+            "Default: measured from earlier runs in the state DB.",
+        ),
+    ] = None,
+    report: Report = None,
+    log_json: LogJson = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Dry run with predictions: what would be copied, the problems a cutover would meet
+    (oversized messages, folder names, duplicate or missing Message-IDs, quota, missing
+    UIDPLUS/CONDSTORE, login failures) and how long it would take.
+
+    Connects read-only everywhere and writes nothing at any destination, nor a state file.
+
+    Example: migrator plan plans/acme.yaml --throughput 5MB/s --report plan.html --report plan.json
+    """
+    from migrator.predict import parse_throughput
+
+    _setup_logging(verbose, log_json)
+    p = _plan_or_exit(plan)
+    jobs = _select(p, mailbox)
+    speed = None
+    if throughput is not None:
+        try:
+            speed = parse_throughput(throughput)
+        except ValueError as exc:
+            _err(f"--throughput: {exc}")
+            raise typer.Exit(int(ExitCode.CONFIG)) from None
+    ex = Execution(
+        dry_run=True,
+        parallel=parallel,
+        quiet=quiet,
+        command="plan",
+        reports=tuple(report or ()),
+        log_json=log_json,
+        plan_name=p.name,
+        throughput=speed,
+    )
+    _execute(jobs, state or p.state_path, ex)
+
+
+@app.command()
+def verify(
+    plan: Annotated[Path, typer.Argument(help="The plan file (YAML).")],
+    mailbox: Annotated[
+        list[str] | None, typer.Option("--mailbox", "-m", help="Only this mailbox id (repeatable).")
+    ] = None,
+    state: StateFile = None,
+    parallel: Parallel = None,
+    report: Report = None,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+) -> None:
+    """Reconcile every source folder with the destination (counts, sizes, Message-IDs,
+    flags) using the state DB and live listings; read-only on both sides.
+
+    Lists every source message that is neither at the destination nor skipped with a
+    reason. Exit 0 only when nothing is unaccounted for; 1 otherwise; 3 when a mailbox
+    could not connect or log in.
+
+    Example: migrator verify plans/acme.yaml --report verify.html
+    """
+    from migrator.reports import check_report_paths, write_report_files
+    from migrator.verify import one_line as verify_line
+    from migrator.verify import print_verify, verify_data, verify_jobs
+
+    _setup_logging(verbose)
+    p = _plan_or_exit(plan)
+    jobs = _select(p, mailbox)
+    try:
+        check_report_paths(tuple(report or ()))
+    except PlanError as exc:
+        _err(str(exc))
+        raise typer.Exit(int(ExitCode.CONFIG)) from None
+    n = parallel or max((j.options.parallel_mailboxes for j in jobs), default=1)
+    result = verify_jobs(jobs, Path(state or p.state_path), plan_name=p.name, parallel=n)
+    console = _console()
+    if not quiet:
+        print_verify(result, console)
+    if report:
+        for path in write_report_files(tuple(report), verify_data(result, jobs)):
+            console.print(f"report written: {path}", markup=False)
+    console.print(verify_line(result), markup=False)
+    raise typer.Exit(int(result.exit_code()))
 
 
 def _with_secret(account: Account, secret: Secret) -> Account:
