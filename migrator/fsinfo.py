@@ -73,6 +73,14 @@ def parse_mounts(text: str) -> list[tuple[str, str]]:
     return mounts
 
 
+def existing_ancestor(path: Path | str) -> str:
+    """The real path of ``path`` or of its nearest existing ancestor (symlinks resolved)."""
+    target = Path(os.path.abspath(path))
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    return os.path.realpath(target)
+
+
 def filesystem_type(path: Path | str, mounts_text: str | None = None) -> str | None:
     """The type of the filesystem ``path`` is (or would be) on, e.g. ``ext4`` or ``nfs4``.
 
@@ -83,10 +91,7 @@ def filesystem_type(path: Path | str, mounts_text: str | None = None) -> str | N
             mounts_text = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None
-    target = Path(os.path.abspath(path))
-    while not target.exists() and target != target.parent:
-        target = target.parent
-    real = os.path.realpath(target)
+    real = existing_ancestor(path)
     best: tuple[int, str] | None = None
     for point, fstype in parse_mounts(mounts_text):
         prefix = point.rstrip("/") + "/"
