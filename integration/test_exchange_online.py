@@ -1,0 +1,339 @@
+"""The exchange-online connector against Dovecot behind a proxy that answers like
+Exchange Online (integration/exoproxy.py), logging in with XOAUTH2 tokens from a local
+token endpoint (integration/tokenserver.py) that Dovecot checks through its oauth2
+passdb. Connector-level rules here; the end-to-end run is in test_exo_run.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from integration.dovecot import DovecotServer, make_certificate
+from integration.exoproxy import ExoProxy, ExoRules
+from integration.tokenserver import TokenServer
+from migrator.auth import IMAP_SCOPE
+from migrator.connectors.base import open_store
+from migrator.connectors.exo import MDN_SENT, RESERVED_NAMES, ExoStore, adapt_message, throttle_seconds
+from migrator.connectors.imap import open_imap
+from migrator.connectors.longlines import longest_line
+from migrator.errors import MessageError, TransientError
+from migrator.model import Account, FolderInfo, MessageMeta, OAuth, Secret, crlf_size
+
+CLIENT_ID = "11111111-2222-3333-4444-555555555555"
+CLIENT_SECRET = "cs-Very-Secret-Value-9"
+TENANT = "contoso"
+DOMAIN = "contoso.test"
+
+
+class Exo:
+    """Token endpoint + Dovecot (oauth2 passdb) + a factory of proxies."""
+
+    def __init__(self, root: Path) -> None:
+        self.cert, self.key = make_certificate(root)
+        self.tokens = TokenServer(
+            self.cert, self.key, lifetime=20, clients={CLIENT_ID: CLIENT_SECRET}, tenant_domains={TENANT: DOMAIN}
+        )
+        self.dovecot = DovecotServer(parent_dir=root, oauth2=("", str(self.cert)))
+        self.proxies: list[ExoProxy] = []
+        self._users = 0
+
+    def start(self) -> Exo:
+        self.tokens.start()
+        self.dovecot.oauth2 = (self.tokens.introspection_url, str(self.cert))
+        self.dovecot.start()
+        return self
+
+    def stop(self) -> None:
+        for p in self.proxies:
+            p.stop()
+        self.dovecot.stop()
+        self.tokens.stop()
+
+    def new_user(self) -> str:
+        self._users += 1
+        name = f"exo{self._users}u{os.getpid()}"
+        self.dovecot.add_user(name, "pw")
+        return f"{name}@{DOMAIN}"
+
+    def token_expiry(self, token: str) -> float | None:
+        hit = self.tokens.lookup(token)
+        return hit.expires if hit else None
+
+    def proxy(self, **rules: object) -> ExoProxy:
+        rules.setdefault("token_expiry", self.token_expiry)
+        p = ExoProxy((self.dovecot.host, self.dovecot.imap_port), self.cert, self.key, ExoRules(**rules))  # type: ignore[arg-type]
+        self.proxies.append(p.start())
+        return p
+
+    def oauth(self, **changes: object) -> OAuth:
+        oauth = OAuth(
+            flow="client_credentials",
+            tenant=TENANT,
+            client_id=CLIENT_ID,
+            client_secret=Secret(value=CLIENT_SECRET),
+            authority=self.tokens.authority(TENANT),
+            validate_authority=False,
+        )
+        return replace(oauth, **changes)  # type: ignore[arg-type]
+
+    def account(self, proxy: ExoProxy, user: str, kind: str = "exchange-online", **options: object) -> Account:
+        return Account(
+            type=kind,
+            host="127.0.0.1",
+            port=proxy.port,
+            security="tls",
+            ca_file=str(self.cert),
+            user=user,
+            oauth=self.oauth(),
+            options=options,
+        )
+
+
+@pytest.fixture(scope="module")
+def exo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exo]:
+    root = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else tmp_path_factory.mktemp("exo")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="migrator-exo-", dir=root))
+    base.chmod(0o755)
+    old = os.environ.get("REQUESTS_CA_BUNDLE")
+    env = Exo(base)
+    os.environ["REQUESTS_CA_BUNDLE"] = str(env.cert)
+    env.start()
+    try:
+        yield env
+    finally:
+        env.stop()
+        if old is None:
+            os.environ.pop("REQUESTS_CA_BUNDLE", None)
+        else:
+            os.environ["REQUESTS_CA_BUNDLE"] = old
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def msg(n: int, body: bytes = b"hello\r\n", extra: bytes = b"") -> bytes:
+    return (
+        f"From: a@example.test\r\nTo: b@example.test\r\nSubject: m{n}\r\nMessage-ID: <m{n}@example.test>\r\n".encode()
+        + extra
+        + b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        + body
+    )
+
+
+def meta(n: int, raw: bytes, flags: frozenset[str] = frozenset()) -> MessageMeta:
+    return MessageMeta(id=str(n), size=crlf_size(raw), flags=flags, message_id=f"<m{n}@example.test>")
+
+
+def fetch_all(store: ExoStore | object, folder: FolderInfo) -> dict[str, tuple[MessageMeta, bytes]]:
+    listing = store.list_messages(folder)  # type: ignore[attr-defined]
+    return {m.message_id or m.id: (m, raw) for m, raw in store.fetch(folder, listing)}  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- pure
+def test_throttle_text() -> None:
+    assert throttle_seconds("NO Request is throttled. Suggested Backoff Time: 299609 milliseconds") == 299.609
+    assert throttle_seconds("BAD Request is throttled. Suggested Backoff Time: 92 milliseconds") == 0.092
+    assert throttle_seconds("NO [TRYCREATE] no such folder") is None
+
+
+def test_adapt_is_idempotent_and_keeps_short_messages() -> None:
+    short = msg(1)
+    assert adapt_message(meta(1, short), short) == (short, None)
+    long = msg(2, b"<p>" + b"word " * 4000 + b"</p>\r\n")
+    fixed, note = adapt_message(meta(2, long), long)
+    assert note and "re-encoded from 7bit to quoted-printable" in note and "content unchanged" in note
+    assert longest_line(fixed) <= 9_900
+    assert fixed.startswith(f"X-Migrator-Reencoded: original-size={crlf_size(long)}\r\n".encode())
+    assert adapt_message(meta(2, long), fixed) == (fixed, None)
+    old = email.message_from_bytes(long, policy=email.policy.default)
+    new = email.message_from_bytes(fixed, policy=email.policy.default)
+    assert new.get_payload(decode=True) == old.get_payload(decode=True)
+
+
+# --------------------------------------------------------------------------- connector
+def test_capabilities_are_exchange_online_rules(exo: Exo) -> None:
+    proxy = exo.proxy(throttle_every=0)
+    user = exo.new_user()
+    store = open_store(exo.account(proxy, user), "destination")
+    try:
+        assert isinstance(store, ExoStore)
+        caps = store.capabilities
+        assert caps.max_message_bytes == 35 * 1024 * 1024
+        assert caps.max_connections == 4
+        assert caps.max_line_length == 9_900 and caps.adapts_messages
+        assert "Calendar" in caps.reserved_names and caps.reserved_names == RESERVED_NAMES
+        assert not caps.append_returns_id or caps.append_returns_id  # UIDPLUS is kept
+        assert store.list_folders()[0].path == ("INBOX",)
+    finally:
+        store.close()
+    store = open_store(exo.account(proxy, user, max_message_size=150 * 1024 * 1024, max_connections=2), "destination")
+    try:
+        assert store.capabilities.max_message_bytes == 150 * 1024 * 1024
+        assert store.capabilities.max_connections == 2
+    finally:
+        store.close()
+    logins = [e for e in proxy.events if e.kind == "login"]
+    assert [e.detail for e in logins] == [user, user]  # XOAUTH2 through the proxy, checked by Dovecot
+
+
+@pytest.mark.parametrize("style", ["no", "bad-bye"])
+def test_throttling_is_transient_with_the_server_backoff(exo: Exo, style: str) -> None:
+    proxy = exo.proxy(throttle_every=3, backoff_ms=700, throttle_style=style)
+    user = exo.new_user()
+    store = open_store(exo.account(proxy, user), "destination")
+    inbox = store.find_folder(("INBOX",))
+    assert inbox is not None
+    raws = [msg(i) for i in range(3)]
+    store.append(inbox, [(meta(0, raws[0]), raws[0])])
+    store.append(inbox, [(meta(1, raws[1]), raws[1])])
+    with pytest.raises(TransientError) as err:
+        store.append(inbox, [(meta(2, raws[2]), raws[2])])
+    assert err.value.backoff_seconds == pytest.approx(0.7)
+    assert "throttled" in str(err.value)
+    store.close()
+    again = open_store(exo.account(proxy, user), "destination")
+    try:
+        again.append(inbox, [(meta(2, raws[2]), raws[2])])
+        got = fetch_all(again, inbox)
+        assert sorted(got) == [f"<m{i}@example.test>" for i in range(3)]
+        assert all(raw == raws[int(m.id) - 1] for m, raw in got.values())
+    finally:
+        again.close()
+
+
+def test_long_lines_refused_as_imap_and_reencoded_as_exchange_online(exo: Exo) -> None:
+    proxy = exo.proxy(throttle_every=0)
+    user = exo.new_user()
+    html = b"<html><body>" + "Größe ".encode() * 3000 + b"</body></html>"
+    raw = (
+        b"From: a@example.test\r\nMessage-ID: <long@example.test>\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/alternative; boundary="b1"\r\n\r\n--b1\r\n'
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nshort text\r\n--b1\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" + html + b"\r\n--b1--\r\n"
+    )
+    m = MessageMeta(id="1", size=crlf_size(raw), message_id="<long@example.test>")
+    plain = open_imap(replace(exo.account(proxy, user), type="imap"), "destination")
+    inbox = plain.find_folder(("INBOX",))
+    assert inbox is not None
+    with pytest.raises(MessageError, match=r"Command Error\. 10"):
+        plain.append(inbox, [(m, raw)])
+    plain.close()
+    assert [e.kind for e in proxy.events if e.kind == "longline"] == ["longline"]
+    store = open_store(exo.account(proxy, user), "destination")
+    try:
+        store.append(inbox, [(m, raw)])
+        (listed,) = store.list_messages(inbox)
+        assert listed.message_id == "<long@example.test>"
+        assert listed.size == crlf_size(raw)  # the source's size, from the trace header
+        ((_, stored),) = list(store.fetch(inbox, [listed]))
+    finally:
+        store.close()
+    assert longest_line(stored) <= 9_900 and stored != raw
+    old = [p.get_payload(decode=True) for p in email.message_from_bytes(raw).walk() if not p.is_multipart()]
+    new = [p.get_payload(decode=True) for p in email.message_from_bytes(stored).walk() if not p.is_multipart()]
+    assert old == new  # content unchanged
+    assert stored.split(b"\r\n", 1)[1].startswith(b"From: a@example.test\r\n")
+
+
+def test_read_receipt_requests_get_mdnsent(exo: Exo) -> None:
+    proxy = exo.proxy(throttle_every=0)
+    user = exo.new_user()
+    asks = msg(1, extra=b"Disposition-Notification-To: a@example.test\r\n")
+    plain = msg(2)
+    store = open_store(exo.account(proxy, user), "destination")
+    inbox = store.find_folder(("INBOX",))
+    assert inbox is not None
+    try:
+        store.append(inbox, [(meta(1, asks, frozenset({"\\Seen"})), asks), (meta(2, plain), plain)])
+        got = {m.message_id: m.flags for m in store.list_messages(inbox)}
+    finally:
+        store.close()
+    assert got == {"<m1@example.test>": frozenset({"\\Seen", MDN_SENT}), "<m2@example.test>": frozenset()}
+    off = open_store(exo.account(proxy, user, mark_mdn_sent=False), "destination")
+    try:
+        third = msg(3, extra=b"Disposition-Notification-To: a@example.test\r\n")
+        off.append(inbox, [(meta(3, third), third)])
+        flags = {m.message_id: m.flags for m in off.list_messages(inbox)}
+    finally:
+        off.close()
+    assert flags["<m3@example.test>"] == frozenset()
+
+
+def test_listing_reports_the_original_message_id(exo: Exo) -> None:
+    proxy = exo.proxy(throttle_every=0, rewrite_message_id=lambda body: b"rewrite-me" in body)
+    user = exo.new_user()
+    a, b = msg(1, b"rewrite-me\r\n"), msg(2)
+    store = open_store(exo.account(proxy, user), "destination")
+    inbox = store.find_folder(("INBOX",))
+    assert inbox is not None
+    try:
+        store.append(inbox, [(meta(1, a), a), (meta(2, b), b)])
+        listing = store.list_messages(inbox)
+        stored = {m.message_id: raw for m, raw in store.fetch(inbox, listing)}
+    finally:
+        store.close()
+    assert sorted(m.message_id or "" for m in listing) == ["<m1@example.test>", "<m2@example.test>"]
+    rewritten = next(m for m in listing if m.message_id == "<m1@example.test>")
+    assert rewritten.extra["exchange_message_id"].startswith("<EXO")
+    assert b"X-MS-Exchange-Parent-Message-Id: <m1@example.test>" in stored["<m1@example.test>"]
+    assert [e.kind for e in proxy.events].count("rewritten") == 1
+
+
+def test_session_renewed_before_the_token_expires(exo: Exo) -> None:
+    exo.tokens.set_lifetime(4)
+    try:
+        proxy = exo.proxy(throttle_every=0)
+        user = exo.new_user()
+        # own settings (explicit scopes): a token provider of its own, with 4-second tokens
+        account = replace(exo.account(proxy, user), oauth=exo.oauth(scopes=(IMAP_SCOPE,)))
+        store = open_store(account, "destination")
+        assert isinstance(store, ExoStore)
+        inbox = store.find_folder(("INBOX",))
+        assert inbox is not None
+        try:
+            for i in range(6):  # 6 s of work with 4-second tokens
+                raw = msg(i)
+                store.append(inbox, [(meta(i, raw), raw)])
+                time.sleep(1.0)
+            assert len(store.list_messages(inbox)) == 6
+        finally:
+            store.close()
+        assert store.renewals >= 1
+        assert not [e for e in proxy.events if e.kind == "bye-expired"]
+        # without renewal (plain IMAP), Exchange ends the session: a retryable error
+        plain = open_imap(replace(account, type="imap"), "destination")
+        try:
+            time.sleep(4.5)
+            with pytest.raises(TransientError):
+                plain.list_messages(inbox)
+        finally:
+            plain.close()
+        assert [e.kind for e in proxy.events if e.kind == "bye-expired"] == ["bye-expired"]
+    finally:
+        exo.tokens.set_lifetime(20)
+
+
+def test_oversized_append_is_refused(exo: Exo) -> None:
+    proxy = exo.proxy(throttle_every=0, max_message_bytes=50_000)
+    user = exo.new_user()
+    big = msg(1, base64.encodebytes(os.urandom(60_000)).replace(b"\n", b"\r\n"))
+    store = open_store(exo.account(proxy, user, max_message_size=50_000), "destination")
+    inbox = store.find_folder(("INBOX",))
+    assert inbox is not None
+    try:
+        assert store.capabilities.max_message_bytes == 50_000
+        with pytest.raises(MessageError, match="TOOBIG"):
+            store.append(inbox, [(meta(1, big), big)])
+    finally:
+        store.close()
