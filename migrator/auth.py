@@ -26,6 +26,7 @@ Tokens never appear in logs, exception texts, reprs, reports or the state DB:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -33,7 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,13 @@ from migrator.model import Account, OAuth
 
 __all__ = [
     "IMAP_SCOPE",
+    "Lease",
     "TokenProvider",
     "TokenProviders",
+    "access_lease",
     "access_token",
     "default_scopes",
+    "jwt_expiry",
     "mask",
     "xoauth2",
 ]
@@ -91,16 +95,35 @@ def _authority(oauth: OAuth) -> str:
     return f"{DEFAULT_AUTHORITY_HOST}/{oauth.tenant or 'organizations'}"
 
 
-@dataclass(slots=True)
-class _Token:
-    value: str
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A token and its lifetime. ``expires`` is None when unknown (a token file
+    holding an opaque token). ``repr`` never shows the token."""
+
+    value: str = field(repr=False)
     obtained: float  # time.time() when received
-    expires: float  # time.time() when it stops working
+    expires: float | None  # time.time() when it stops working
 
     def fresh(self, now: float) -> bool:
+        """Still worth using: more than five minutes left, or more than a fifth of
+        its lifetime for short-lived tokens. Unknown expiry: always fresh."""
+        if self.expires is None:
+            return True
         left = self.expires - now
         lifetime = max(self.expires - self.obtained, 1.0)
         return left > min(REFRESH_MARGIN, REFRESH_SHARE * lifetime)
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT access token (not verified), None for other tokens."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        return float(payload["exp"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class TokenProvider:
@@ -116,7 +139,7 @@ class TokenProvider:
         self.authority = _authority(oauth)
         self._clock = clock
         self._lock = threading.Lock()
-        self._token: _Token | None = None
+        self._token: Lease | None = None
         self._app: Any = None
         self._cache: Any = None
         self.fetches = 0  # tokens obtained from the endpoint (for tests and logs)
@@ -128,20 +151,21 @@ class TokenProvider:
     def token(self) -> str:
         """A token with time left. Raises AuthError (refused: retrying cannot help),
         ConnectError (the token endpoint cannot be reached) or PlanError (settings)."""
+        return self.lease().value
+
+    def lease(self) -> Lease:
+        """``token()`` with its lifetime (a connection using it can renew itself in time)."""
         if self.oauth.flow == "token_file":
-            return self._read_token_file()
+            value = self._read_token_file()
+            return Lease(value, self._clock(), jwt_expiry(value))
         with self._lock:
             now = self._clock()
             if self._token is not None and self._token.fresh(now):
-                return self._token.value
+                return self._token
             result = self._acquire()
             self._token = self._from_result(result, now)
             self.fetches += 1
-            return self._token.value
-
-    def expires_at(self) -> float | None:
-        """When the cached token expires (time.time() scale), None before the first."""
-        return self._token.expires if self._token else None
+            return self._token
 
     # ------------------------------------------------------------------ flows
     def _acquire(self) -> dict[str, Any]:
@@ -245,14 +269,14 @@ class TokenProvider:
         return text
 
     # ------------------------------------------------------------------ results
-    def _from_result(self, result: dict[str, Any] | None, now: float) -> _Token:
+    def _from_result(self, result: dict[str, Any] | None, now: float) -> Lease:
         if not result or "access_token" not in result:
             raise AuthError(f"{self.authority}: no token for client {self.oauth.client_id}: {_error_text(result)}")
         try:
             lifetime = float(result.get("expires_in", 3600))
         except (TypeError, ValueError):
             lifetime = 3600.0
-        return _Token(str(result["access_token"]), now, now + max(lifetime, 1.0))
+        return Lease(str(result["access_token"]), now, now + max(lifetime, 1.0))
 
 
 def _error_text(result: dict[str, Any] | None) -> str:
@@ -299,12 +323,19 @@ def access_token(
     """A valid access token for ``account`` (which must have ``oauth``). Raises
     AuthError (refused or no settings), ConnectError (endpoint unreachable: retryable)
     or PlanError. Never logs the token."""
+    return access_lease(account, scopes, providers).value
+
+
+def access_lease(
+    account: Account, scopes: tuple[str, ...] | None = None, providers: TokenProviders | None = None
+) -> Lease:
+    """``access_token`` with the token's lifetime (see Lease.fresh)."""
     if account.oauth is None:
         raise AuthError(f"{account.describe()}: no oauth settings")
     wanted = scopes or default_scopes(account.oauth, account.type)
     provider = (providers or _PROVIDERS).get(account.oauth, tuple(wanted))
     try:
-        return provider.token()
+        return provider.lease()
     except AuthError as exc:
         raise AuthError(f"{account.describe()}: {exc}") from None
     except ConnectError as exc:

@@ -22,6 +22,7 @@ from migrator.auth import (
     TokenProviders,
     access_token,
     default_scopes,
+    jwt_expiry,
     mask,
     xoauth2,
 )
@@ -206,3 +207,21 @@ def test_no_secret_in_reprs(server: TokenServer) -> None:
     token = provider.token()
     assert token not in repr(provider)
     assert SECRET not in repr(provider) and SECRET not in repr(cc(server))
+
+
+def test_leases_know_when_tokens_expire(server: TokenServer, tmp_path: Path) -> None:
+    import time
+
+    lease = TokenProvider(cc(server), (IMAP_SCOPE,)).lease()
+    issued = server.lookup(lease.value)
+    assert issued is not None and lease.expires == pytest.approx(issued.expires, abs=2)
+    assert lease.fresh(time.time()) and not lease.fresh(lease.expires - 3)  # under 20 % of 20 s left
+    assert lease.value not in repr(lease)
+    path = tmp_path / "token"
+    path.write_text(lease.value)
+    file_lease = TokenProvider(OAuth(flow="token_file", token_file=str(path)), ()).lease()
+    assert file_lease.expires == pytest.approx(issued.expires, abs=1)  # the JWT's exp claim
+    path.write_text("opaque-token")
+    opaque = TokenProvider(OAuth(flow="token_file", token_file=str(path)), ()).lease()
+    assert opaque.expires is None and opaque.fresh(time.time() + 10**6)
+    assert jwt_expiry("a.b") is None and jwt_expiry("x.eyJleHAiOiAxMH0.y") == 10.0
