@@ -1,24 +1,35 @@
-"""IMAP connector (imapclient).
+"""IMAP connector: imapclient for the conversation, a lean wire layer for the bulk.
 
 Everything IMAP-specific stays here: modified UTF-7, the hierarchy separator, the
 personal namespace prefix ("" on Dovecot, "INBOX." on Courier/Cyrus), APPENDUID
-response codes, server error texts.
+response codes, CONDSTORE/QRESYNC cursors, server error texts.
 
 Folder paths handed out and accepted are tuples of decoded parts RELATIVE to the
 personal namespace: Dovecot "Archive/2019" and Courier "INBOX.Archive.2019" are both
 ``("Archive", "2019")``; the inbox is always ``("INBOX",)``. Folders of other
 namespaces (other users, shared) are not listed.
 
-Round trips are kept low: one LIST (with LIST-STATUS when offered) per folder
-listing, one EXAMINE + one UID FETCH per message listing, one UID FETCH per fetch
-batch, one MULTIAPPEND per append batch (LITERAL+ when offered).
+Round trips and per-message work are kept low. imapclient handles login,
+capabilities, namespace, LIST, SELECT/EXAMINE, STATUS and CREATE; ``imap_wire`` sends
+the commands whose cost grows with the number of messages and reads their answers
+without a generic parser: one UID FETCH per listing page or fetch batch, one
+MULTIAPPEND per append batch (LITERAL+ when offered; pipelined APPENDs without
+MULTIAPPEND), pipelined UID STORE / UID EXPUNGE. An unchanged folder costs no command
+of its own when the server has CONDSTORE and LIST-STATUS (the STATUS data of
+``list_folders`` decides), one STATUS otherwise.
+
+``Account.options["imap_disable"]``: capabilities to ignore (a list or a space-separated
+string, e.g. "MULTIAPPEND LITERAL+"), for servers that advertise more than they do
+(and for tests of the fallbacks).
 """
 
 from __future__ import annotations
 
 import imaplib
+import logging
 import re
 import ssl
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -27,11 +38,19 @@ from typing import Any, Literal, NoReturn
 
 from imapclient import IMAPClient
 from imapclient import exceptions as imap_exc
-from imapclient.datetime_util import datetime_to_INTERNALDATE
 from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.imap_utf7 import encode as encode_utf7
-from imapclient.response_parser import parse_fetch_response, parse_response
+from imapclient.response_parser import parse_response
 
+from migrator.connectors.base import ListingPage
+from migrator.connectors.imap_wire import (
+    AppendEntry,
+    Completion,
+    FetchItem,
+    Wire,
+    format_internaldate,
+    parse_internaldate,
+)
 from migrator.errors import (
     AuthError,
     ConnectError,
@@ -53,14 +72,29 @@ from migrator.model import (
     message_id_from_header_block,
 )
 
-__all__ = ["ImapStore", "Namespace", "expand_uid_set", "open_imap", "parse_appenduid", "uid_set"]
+__all__ = [
+    "Cursor",
+    "ImapStore",
+    "Namespace",
+    "expand_uid_set",
+    "open_imap",
+    "parse_appenduid",
+    "throttle_backoff",
+    "uid_set",
+    "uid_sets",
+]
+
+log = logging.getLogger("migrator.imap")
 
 Role = Literal["source", "destination"]
 
 TLS_FIX = "set ca_file: <path to the CA> on the endpoint, or verify_tls: false / ?verify=off to skip verification"
-LIST_ITEMS = "(UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
-FETCH_ITEMS = "(UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])"
-HEADER_KEY = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"
+LIST_ITEMS = b"(UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+FETCH_ITEMS = b"(UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])"
+PAGE_SIZE = 10_000  # messages per page of a complete listing (memory stays flat on huge folders)
+UID_SET_CHARS = 4000  # longest uid set in one command (servers limit command lines)
+PIPELINE_DEPTH = 64  # small commands sent before their answers are read
+_THROTTLE = re.compile(r"Suggested\s+Backoff\s+Time:\s*(\d+)\s*(milli)?", re.IGNORECASE)
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) ([0-9:,]+)\]", re.IGNORECASE)
 _SPECIAL_BY_UPPER = {use.upper(): use for use in SPECIAL_USES}
 _NOSELECT = {"\\NOSELECT", "\\NONEXISTENT"}
@@ -107,6 +141,87 @@ def parse_appenduid(text: bytes, count: int) -> list[str | None]:
     return [None] * count
 
 
+def uid_sets(uids: Sequence[int], limit: int = UID_SET_CHARS) -> list[str]:
+    """``uid_set(uids)`` cut into sets of at most about ``limit`` characters."""
+    out: list[str] = []
+    cur: list[str] = []
+    size = 0
+    for part in uid_set(uids).split(","):
+        if part == "":
+            continue
+        if cur and size + len(part) + 1 > limit:
+            out.append(",".join(cur))
+            cur, size = [], 0
+        cur.append(part)
+        size += len(part) + 1
+    if cur:
+        out.append(",".join(cur))
+    return out
+
+
+def throttle_backoff(text: str) -> float | None:
+    """Seconds to wait from a throttling answer ("Request is throttled. Suggested
+    Backoff Time: 2500 milliseconds", Exchange Online), else None."""
+    match = _THROTTLE.search(text)
+    if not match:
+        return None
+    value = int(match.group(1))
+    return value / 1000 if match.group(2) else float(value)
+
+
+def _is_throttled(text: str) -> bool:
+    upper = text.upper()
+    return "THROTTLED" in upper or "[UNAVAILABLE]" in upper or _THROTTLE.search(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where an incremental listing resumes: "v1:<uidvalidity>:<highestmodseq>:<uidnext>:<exists>"
+    (modseq 0 without CONDSTORE). ``exists``: messages in the folder then, all with
+    UIDs below ``uidnext``."""
+
+    validity: int
+    modseq: int
+    uidnext: int
+    exists: int
+
+    def encode(self) -> str:
+        return f"v1:{self.validity}:{self.modseq}:{self.uidnext}:{self.exists}"
+
+    @classmethod
+    def parse(cls, text: str | None) -> Cursor | None:
+        """None for None or anything this version does not write."""
+        if not text:
+            return None
+        parts = text.split(":")
+        if len(parts) != 5 or parts[0] != "v1" or not all(p.isdigit() for p in parts[1:]):
+            return None
+        return cls(*(int(p) for p in parts[1:]))
+
+
+@dataclass(frozen=True, slots=True)
+class FolderStatus:
+    """STATUS / EXAMINE numbers of one folder (modseq None: no CONDSTORE there)."""
+
+    validity: int | None
+    uidnext: int | None
+    messages: int | None
+    modseq: int | None
+
+    def unchanged_since(self, cursor: Cursor) -> bool:
+        return (
+            self.modseq is not None
+            and cursor.modseq > 0
+            and (self.validity, self.modseq, self.uidnext, self.messages)
+            == (cursor.validity, cursor.modseq, cursor.uidnext, cursor.exists)
+        )
+
+    def cursor(self) -> Cursor | None:
+        if self.validity is None or self.uidnext is None or self.messages is None:
+            return None
+        return Cursor(self.validity, self.modseq or 0, self.uidnext, self.messages)
+
+
 def _text(data: Any) -> str:
     """Server response text (last item of an imaplib data list) as str."""
     if isinstance(data, list | tuple):
@@ -116,13 +231,26 @@ def _text(data: Any) -> str:
     return str(data)
 
 
-def _flags_to_str(flags: Sequence[bytes | str]) -> frozenset[str]:
+def _flags_to_str(flags: Sequence[bytes | str] | None) -> frozenset[str]:
     out = set()
-    for flag in flags:
+    for flag in flags or ():
         text = flag.decode("utf-8", "surrogateescape") if isinstance(flag, bytes) else str(flag)
         if text.upper() != "\\RECENT":
             out.add(text)
     return frozenset(out)
+
+
+def _meta(item: FetchItem, message_id: str | None = None) -> MessageMeta:
+    """MessageMeta of a parsed FETCH item (listing: Message-ID from its header field)."""
+    if message_id is None and item.header:
+        message_id = message_id_from_header_block(item.header)
+    return MessageMeta(
+        id=str(item.uid),
+        size=item.size if item.size is not None else 0,
+        flags=_flags_to_str(item.flags),
+        internal_date=parse_internaldate(item.internal_date) if item.internal_date else None,
+        message_id=message_id,
+    )
 
 
 def _aware(value: Any) -> datetime | None:
@@ -134,22 +262,24 @@ def _aware(value: Any) -> datetime | None:
     return value.replace(tzinfo=timezone(offset))  # a plain stdlib zone, same instant
 
 
+def _imap_flag(flag: str, msg_id: str) -> str | None:
+    """The IMAP spelling of one flag (None for \\Recent); MessageError for a flag the
+    protocol cannot carry (checked before sending: a BAD mid-MULTIAPPEND desynchronises)."""
+    upper = flag.upper()
+    if upper == "\\RECENT":
+        return None
+    if flag.startswith("\\"):
+        if upper not in _SYSTEM_BY_UPPER:
+            raise MessageError(f"flag {flag!r} is not an IMAP system flag", msg_id=msg_id)
+        return _SYSTEM_BY_UPPER[upper]
+    if _ATOM.fullmatch(flag):
+        return flag
+    raise MessageError(f"keyword {flag!r} cannot be stored over IMAP", msg_id=msg_id)
+
+
 def _flag_list(meta: MessageMeta) -> bytes:
-    """The APPEND flag list of ``meta`` (never \\Recent). MessageError for a flag the
-    protocol cannot carry (checked here: a BAD mid-MULTIAPPEND desynchronises)."""
-    flags = []
-    for flag in sorted(meta.flags):
-        upper = flag.upper()
-        if upper == "\\RECENT":
-            continue
-        if flag.startswith("\\"):
-            if upper not in _SYSTEM_BY_UPPER:
-                raise MessageError(f"flag {flag!r} is not an IMAP system flag", msg_id=meta.id)
-            flags.append(_SYSTEM_BY_UPPER[upper])
-        elif _ATOM.fullmatch(flag):
-            flags.append(flag)
-        else:
-            raise MessageError(f"keyword {flag!r} cannot be stored over IMAP", msg_id=meta.id)
+    """The APPEND flag list of ``meta`` (never \\Recent); MessageError as ``_imap_flag``."""
+    flags = [f for f in (_imap_flag(flag, meta.id) for flag in sorted(meta.flags)) if f is not None]
     return ("(" + " ".join(flags) + ")").encode("ascii")
 
 
@@ -245,6 +375,10 @@ def _connect(account: Account) -> IMAPClient:
     except (OSError, imaplib.IMAP4.error) as exc:
         raise ConnectError(f"{where}: cannot connect: {exc}") from None
     client.normalise_times = False
+    # imapclient sets imaplib's debug level to 5, which formats a repr of every
+    # response (bodies included) before the logger drops it: most of a bulk FETCH's
+    # CPU time. It would also put protocol traffic into logs.
+    client._imap.debug = 0
     if account.security == "starttls":
         _starttls(client, where, ctx)
     return client
@@ -319,27 +453,69 @@ def _forbidden_chars(separator: str | None) -> str:
 
 
 class ImapStore:
-    """Source and Destination over one IMAP connection (one thread at a time)."""
+    """Source and Destination over one IMAP connection (one thread at a time).
+
+    ``command_counts`` counts every command sent on this connection by name
+    ("EXAMINE", "UID FETCH", "APPEND", ...), for tests and diagnostics."""
 
     def __init__(self, account: Account, role: Role, client: IMAPClient) -> None:
         self.account = account
         self.role = role
         self._client: IMAPClient | None = client
         self._where = account.describe()
-        self._selected: str | None = None  # encoded-free (decoded) name of the EXAMINEd folder
+        self._selected: tuple[str, bool] | None = None  # (decoded name, read-only) of the selected folder
+        self._status_cache: dict[str, FolderStatus] = {}  # from the last list_folders, by decoded name
+        self.command_counts: Counter[str] = Counter()
+        self._wire = self._install_wire(client)
         with self._guard("capabilities"):
-            self._caps = {c.decode("ascii", "replace").upper() for c in client.capabilities()}
+            caps = {c.decode("ascii", "replace").upper() for c in client.capabilities()}
+            self._caps = caps - _disabled(account)
             self.namespace = self._discover_namespace()
+            self._qresync = False
+            if role == "source" and "QRESYNC" in self._caps:
+                typ, _data = self._simple("ENABLE", "QRESYNC")
+                self._qresync = typ == "OK" and any(
+                    b"QRESYNC" in (d or b"").upper() for d in self._imap.untagged_responses.get("ENABLED", [])
+                )
+        uidplus = "UIDPLUS" in self._caps
         self.capabilities = Capabilities(
-            append_returns_id="UIDPLUS" in self._caps,
+            append_returns_id=uidplus,
             forbidden_name_chars=_forbidden_chars(self.namespace.separator),
             max_message_bytes=self._appendlimit(),
+            incremental=True,
+            can_delete=uidplus,
+            can_set_flags=True,
+            can_delete_at_destination=uidplus,
         )
 
     def __repr__(self) -> str:
         return f"ImapStore({self._where}, {self.role})"
 
+    @property
+    def server_capabilities(self) -> frozenset[str]:
+        """What the server advertises (upper case, minus ``imap_disable``)."""
+        return frozenset(self._caps)
+
     # ------------------------------------------------------------------ plumbing
+    def _install_wire(self, client: IMAPClient) -> Wire:
+        """Count imaplib's commands too, and share its socket and read buffer."""
+        imap = client._imap
+        send = imap.send
+        tagpre = imap.tagpre
+        counts = self.command_counts
+
+        def counting_send(data: bytes) -> None:
+            if data.startswith(tagpre):
+                words = data.split(b" ", 3)
+                name = words[1].decode("ascii", "replace").upper() if len(words) > 1 else "?"
+                if name == "UID" and len(words) > 2:
+                    name = "UID " + words[2].decode("ascii", "replace").upper().rstrip("\r\n")
+                counts[name.rstrip("\r\n")] += 1
+            send(data)
+
+        imap.send = counting_send  # type: ignore[method-assign]
+        return Wire(imap.read, imap.readline, send, counts)
+
     @property
     def _imap(self) -> imaplib.IMAP4:
         return self._conn._imap
@@ -352,7 +528,9 @@ class ImapStore:
 
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
-        """Map socket-level failures to TransientError and drop the connection."""
+        """Map socket-level failures to TransientError (dropping the connection),
+        throttling answers to TransientError with the server's back-off, other
+        protocol errors to FolderError."""
         try:
             yield
         except MigratorError:
@@ -363,16 +541,42 @@ class ImapStore:
         except (imaplib.IMAP4.abort, OSError, EOFError) as exc:
             self._lost()
             raise TransientError(f"{self._where}: {what}: connection lost: {exc}") from None
+        except imaplib.IMAP4.error as exc:
+            text = _text(str(exc))
+            self._raise_if_throttled(what, text)
+            raise FolderError(f"{self._where}: {what}: {text}") from None
+
+    def _raise_if_throttled(self, what: str, text: str) -> None:
+        if _is_throttled(text):
+            raise TransientError(f"{self._where}: {what}: throttled: {text}", backoff_seconds=throttle_backoff(text))
+
+    def _check(self, what: str, done: Completion) -> None:
+        """A wire completion that is not OK: throttling -> TransientError, else FolderError."""
+        if done.ok:
+            return
+        text = done.describe()
+        self._raise_if_throttled(what, text)
+        raise FolderError(f"{self._where}: {what} failed: {text}")
 
     def _lost(self) -> None:
         if self._client is not None:
             _shutdown(self._client)
         self._client = None
+        self._selected = None
 
     def _simple(self, name: str, *args: str) -> tuple[str, list[Any]]:
-        """One command; BAD raises imaplib.IMAP4.error, NO comes back as typ."""
+        """One command through imaplib; BAD raises imaplib.IMAP4.error, NO comes back
+        as typ (a throttling NO raises TransientError)."""
         self._imap.untagged_responses.clear()
-        return self._imap._simple_command(name, *args)  # type: ignore[attr-defined]
+        typ, data = self._imap._simple_command(name, *args)  # type: ignore[attr-defined]
+        if typ != "OK":
+            self._raise_if_throttled(name, _text(data))
+        return typ, data
+
+    @property
+    def _live_wire(self) -> Wire:
+        self._conn  # noqa: B018 - raises TransientError once the connection is gone
+        return self._wire
 
     def _discover_namespace(self) -> Namespace:
         if "NAMESPACE" in self._caps:
@@ -407,17 +611,26 @@ class ImapStore:
     # ------------------------------------------------------------------ folders
     def list_folders(self) -> list[FolderInfo]:
         """Every folder of the personal namespace, with special-use and UIDVALIDITY
-        (none for \\Noselect containers). Read-only."""
+        (none for \\Noselect containers). Read-only. The STATUS numbers that come
+        with it are kept for ``list_pages`` (an unchanged folder then costs nothing)."""
         with self._guard("LIST"):
-            return self._list("*")
+            return self._list("*", full_status=True)
 
-    def _list(self, pattern: str, exact: str | None = None) -> list[FolderInfo]:
+    def _status_items(self, full: bool) -> str:
+        items = ["UIDVALIDITY"]
+        if full:
+            items += ["UIDNEXT", "MESSAGES"]
+            if "CONDSTORE" in self._caps:
+                items.append("HIGHESTMODSEQ")
+        return "(" + " ".join(items) + ")"
+
+    def _list(self, pattern: str, exact: str | None = None, full_status: bool = False) -> list[FolderInfo]:
         list_status = "LIST-STATUS" in self._caps and "LIST-EXTENDED" in self._caps
         returns = []
         if "SPECIAL-USE" in self._caps and "LIST-EXTENDED" in self._caps:
             returns.append("SPECIAL-USE")
         if list_status:
-            returns.append("STATUS (UIDVALIDITY)")
+            returns.append("STATUS " + self._status_items(full_status))
         args = ['""', self._quote(pattern)]
         if returns:
             args.append(f"RETURN ({' '.join(returns)})")
@@ -425,8 +638,9 @@ class ImapStore:
         if typ != "OK":
             raise FolderError(f"{self._where}: LIST failed: {_text(data)}")
         raw_list = [i for i in self._imap.untagged_responses.get("LIST", []) if i not in (b"", None)]
-        validities = self._status_responses(self._imap.untagged_responses.get("STATUS", []))
+        statuses = self._status_responses(self._imap.untagged_responses.get("STATUS", []))
         out = []
+        pending: list[tuple[int, str]] = []  # (index in out, name) still without STATUS
         for flags, _sep, name in self._conn._proc_folder_list(raw_list):
             name = str(name)
             if exact is not None and name != exact:
@@ -437,34 +651,66 @@ class ImapStore:
             attrs = {f.decode("ascii", "replace").upper() for f in flags}
             selectable = not (attrs & _NOSELECT)
             special = next((_SPECIAL_BY_UPPER[a] for a in attrs if a in _SPECIAL_BY_UPPER), None)
-            validity = validities.get(name) if selectable else None
-            if selectable and validity is None and not list_status:
-                validity = self._status_validity(name)
-            out.append(FolderInfo(path=path, special_use=special, validity=validity, selectable=selectable))
-        return out
+            status = statuses.get(name) if selectable else None
+            if selectable and status is None and not list_status:
+                pending.append((len(out), name))
+            out.append(FolderInfo(path=path, special_use=special, validity=None, selectable=selectable))
+            if status is not None:
+                statuses[name] = status
+        if pending:
+            statuses.update(self._status_many([name for _, name in pending], full_status))
+        result = []
+        for info in out:
+            name = self.namespace.encode(info.path)
+            status = statuses.get(name) if info.selectable else None
+            if status is not None and full_status:
+                self._status_cache[name] = status
+            validity = status.validity if status is not None else None
+            result.append(FolderInfo(info.path, info.special_use, validity, info.selectable))
+        return result
 
     @staticmethod
-    def _status_responses(items: list[Any]) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def _status_responses(items: list[Any]) -> dict[str, FolderStatus]:
+        out: dict[str, FolderStatus] = {}
         for item in items:
             if item in (b"", None):
                 continue
-            parsed = parse_response([item])
+            parsed = parse_response([item] if not isinstance(item, tuple) else list(item))
             if len(parsed) < 2 or not isinstance(parsed[-1], tuple):
                 continue
             raw = parsed[0]
             name = decode_utf7(raw) if isinstance(raw, bytes) else str(raw)
             values = dict(zip(parsed[-1][::2], parsed[-1][1::2], strict=False))
-            validity = values.get(b"UIDVALIDITY")
-            if isinstance(validity, int):
-                out[name] = validity
+
+            def num(key: bytes, values: dict[Any, Any] = values) -> int | None:
+                value = values.get(key)
+                return value if isinstance(value, int) else None
+
+            out[name] = FolderStatus(num(b"UIDVALIDITY"), num(b"UIDNEXT"), num(b"MESSAGES"), num(b"HIGHESTMODSEQ"))
         return out
 
-    def _status_validity(self, name: str) -> int | None:
-        typ, _data = self._simple("STATUS", self._quote(name), "(UIDVALIDITY)")
-        if typ != "OK":
-            return None
-        return self._status_responses(self._imap.untagged_responses.get("STATUS", [])).get(name)
+    def _status_many(self, names: Sequence[str], full: bool) -> dict[str, FolderStatus]:
+        """STATUS of every name, pipelined (servers without LIST-STATUS, e.g. Courier)."""
+        items = self._status_items(full).encode("ascii")
+        out: dict[str, FolderStatus] = {}
+        wire = self._live_wire
+        for start in range(0, len(names), PIPELINE_DEPTH):
+            chunk = names[start : start + PIPELINE_DEPTH]
+            wire.collected = []
+            wire.pipeline([("STATUS", self._quote(n).encode("ascii") + b" " + items) for n in chunk])
+            for rest, literals in wire.collected:
+                if rest[:7].upper() != b"STATUS ":
+                    continue
+                raw = rest[7:]
+                for lit in literals:  # a literal mailbox name: rebuild it as a quoted string
+                    raw = raw.replace(b"\x00", b'"' + lit.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"', 1)
+                out.update(self._status_responses([raw]))
+            wire.collected = None
+        return out
+
+    def _status(self, name: str) -> FolderStatus | None:
+        got = self._status_many([name], full=True)
+        return got.get(name)
 
     def find_folder(self, path: FolderPath) -> FolderInfo | None:
         """The folder at ``path`` or None. Read-only."""
@@ -506,130 +752,304 @@ class ImapStore:
         text = _text(data).upper()
         return "ALREADYEXISTS" in text or "ALREADY EXISTS" in text
 
-    # ------------------------------------------------------------------ messages
-    def _examine(self, folder: FolderInfo) -> int:
-        """EXAMINE ``folder`` (read-only); returns EXISTS. FolderError when refused."""
+    def delete_folder(self, path: FolderPath) -> None:
+        """Delete the folder at ``path`` (its messages with it; children stay).
+        Idempotent: a missing folder is success. The inbox is never deleted
+        (FolderError)."""
+        if len(path) == 1 and path[0].upper() == "INBOX":
+            raise FolderError(f"{self._where}: the inbox cannot be deleted")
+        name = self.namespace.encode(path)
+        with self._guard("DELETE"):
+            if self._selected is not None and self._selected[0] == name:
+                self._unselect()
+            typ, data = self._simple("DELETE", self._quote(name))
+            if typ == "OK":
+                return
+            text = _text(data)
+            upper = text.upper()
+            if "NONEXISTENT" in upper or "DOESN'T EXIST" in upper or "DOES NOT EXIST" in upper:
+                return
+            if self.find_folder(path) is None:
+                return
+            raise FolderError(f"{self._where}: cannot delete folder {'/'.join(path)}: {text}")
+
+    def _unselect(self) -> None:
+        if "UNSELECT" in self._caps:
+            self._simple("UNSELECT")
+        else:  # CLOSE would expunge \\Deleted messages of a read-write folder: EXAMINE is harmless
+            self._simple("EXAMINE", self._quote("INBOX"))
+        self._selected = None
+
+    # ------------------------------------------------------------------ selecting
+    def _open(self, folder: FolderInfo, readonly: bool = True) -> FolderStatus:
+        """EXAMINE (``readonly``) or SELECT ``folder``; its numbers. FolderError when
+        refused."""
         name = self.namespace.encode(folder.path)
         self._selected = None
         try:
-            info = self._conn.select_folder(name, readonly=True)
+            info = self._conn.select_folder(name, readonly=readonly)
         except imap_exc.IMAPClientAbortError:
             raise
         except imaplib.IMAP4.error as exc:
+            self._raise_if_throttled("SELECT", str(exc))
             raise FolderError(f"{self._where}: cannot open folder {'/'.join(folder.path)}: {exc}") from None
-        self._selected = name
-        return int(info.get(b"EXISTS", 0))
+        self._selected = (name, readonly)
+        exists = int(info.get(b"EXISTS", 0))
+        self._wire.exists = exists
 
+        def num(key: bytes) -> int | None:
+            value = info.get(key)
+            return int(value) if isinstance(value, int) else None
+
+        modseq = num(b"HIGHESTMODSEQ") if "CONDSTORE" in self._caps else None
+        return FolderStatus(num(b"UIDVALIDITY"), num(b"UIDNEXT"), exists, modseq)
+
+    def _ensure_open(self, folder: FolderInfo, writable: bool = False) -> None:
+        name = self.namespace.encode(folder.path)
+        if self._selected is None or self._selected[0] != name or (writable and self._selected[1]):
+            self._open(folder, readonly=not writable)
+
+    # ------------------------------------------------------------------ listing
     def list_messages(self, folder: FolderInfo) -> list[MessageMeta]:
-        """Every message with UID, size, flags, internal date and Message-ID, in one
-        UID FETCH. EXAMINE keeps it read-only (no \\Seen side effect)."""
-        with self._guard("list messages"):
-            if self._examine(folder) == 0:
-                return []
-            data = self._uid_fetch("1:*", LIST_ITEMS)
-        out = []
-        for uid, item in data:
-            header = item.get(HEADER_KEY)
-            out.append(
-                MessageMeta(
-                    id=str(uid),
-                    size=int(item.get(b"RFC822.SIZE", 0)),
-                    flags=_flags_to_str(item.get(b"FLAGS", ())),
-                    internal_date=_aware(item.get(b"INTERNALDATE")),
-                    message_id=message_id_from_header_block(header) if isinstance(header, bytes) else None,
-                )
-            )
-        out.sort(key=lambda m: int(m.id))
+        """Every message with UID, size, flags, internal date and Message-ID.
+        EXAMINE keeps it read-only (no \\Seen side effect)."""
+        out: list[MessageMeta] = []
+        for page in self._complete_listing(folder):
+            out.extend(page.messages)
         return out
 
-    def _uid_fetch(self, uids: str, items: str) -> list[tuple[int, dict[bytes, Any]]]:
-        """(uid, attributes) for every FETCH response that carries a UID."""
-        self._imap.untagged_responses.clear()
-        typ, data = self._imap.uid("FETCH", uids, items)
-        if typ != "OK":
-            raise FolderError(f"{self._where}: FETCH failed: {_text(data)}")
-        parsed = parse_fetch_response(data, normalise_times=False, uid_is_key=False)
-        return [(item[b"UID"], item) for item in parsed.values() if b"UID" in item]
+    def list_pages(self, folder: FolderInfo, cursor: str | None) -> Iterator[ListingPage]:
+        """Changes since ``cursor`` (see ``Cursor``); read-only.
 
+        * No usable cursor (None, another format, another UIDVALIDITY): a complete
+          listing, in pages of ``PAGE_SIZE`` (``complete=True``; only the last page
+          carries the new cursor, so an interrupted listing starts over).
+        * CONDSTORE, and STATUS (the data ``list_folders`` fetched, else one STATUS)
+          shows the cursor's UIDVALIDITY, HIGHESTMODSEQ, UIDNEXT and message count:
+          one empty page with the same cursor (``complete=False``); the folder is not
+          even selected.
+        * CONDSTORE, something changed: EXAMINE, then the messages from the old
+          UIDNEXT on and the older ones whose flags changed (UID FETCH ...
+          (CHANGEDSINCE m)), all with full metadata; expunged UIDs in ``vanished``
+          (QRESYNC: VANISHED (EARLIER), which may name UIDs the caller never saw).
+          Without QRESYNC, expunges are detected by count (messages below the old
+          UIDNEXT now versus then); when there were any, a complete listing instead.
+        * No CONDSTORE: a complete listing every time (the caller compares it with
+          its state; flags cannot be asked for by change)."""
+        name = self.namespace.encode(folder.path)
+        old = Cursor.parse(cursor)
+        if old is not None and folder.validity is not None and folder.validity != old.validity:
+            old = None
+        if old is not None and old.modseq > 0 and "CONDSTORE" in self._caps:
+            cached = self._status_cache.pop(name, None)
+            if cached is None:
+                with self._guard("STATUS"):
+                    cached = self._status(name)
+            if cached is not None and cached.unchanged_since(old):
+                yield ListingPage([], cursor=cursor, vanished=[], complete=False)
+                return
+            page = self._delta(folder, old)
+            if page is not None:
+                yield page
+                return
+        yield from self._complete_listing(folder)
+
+    def _delta(self, folder: FolderInfo, old: Cursor) -> ListingPage | None:
+        """The changes since ``old`` as one page, or None when only a complete listing
+        can tell (UIDVALIDITY changed, no HIGHESTMODSEQ, expunges without QRESYNC)."""
+        with self._guard("list changes"):
+            now = self._open(folder)
+            cursor = now.cursor()
+            if cursor is None or now.modseq is None or now.validity != old.validity:
+                return None
+            wire = self._live_wire
+            changed: list[FetchItem] = []
+            vanished: list[int] = []
+            if old.uidnext > 1 and now.modseq != old.modseq:
+                modifier = b"(CHANGEDSINCE %d%s)" % (old.modseq, b" VANISHED" if self._qresync else b"")
+                got = wire.uid_fetch(f"1:{old.uidnext - 1}", LIST_ITEMS, modifier)
+                self._check("UID FETCH", got.completion)
+                changed = [i for i in got.items if 0 < i.uid < old.uidnext and i.size is not None]
+                vanished = sorted({u for u in got.vanished if u < old.uidnext})
+            new: list[FetchItem] = []
+            if now.uidnext is None or now.uidnext > old.uidnext:
+                got = wire.uid_fetch(f"{old.uidnext}:*", LIST_ITEMS)
+                self._check("UID FETCH", got.completion)
+                new = [i for i in got.items if i.uid >= old.uidnext and i.size is not None]
+                vanished = sorted(set(vanished) | {u for u in got.vanished if u < old.uidnext})
+            if not self._qresync:
+                below = (wire.exists if wire.exists is not None else now.messages or 0) - len({i.uid for i in new})
+                if below != old.exists:
+                    return None  # something below the old UIDNEXT was expunged: only a full listing tells what
+        seen: set[int] = set()
+        metas = []
+        for item in (*changed, *new):
+            if item.uid not in seen:
+                seen.add(item.uid)
+                metas.append(_meta(item))
+        metas.sort(key=lambda m: int(m.id))
+        return ListingPage(metas, cursor=cursor.encode(), vanished=[str(u) for u in vanished], complete=False)
+
+    def _complete_listing(self, folder: FolderInfo) -> Iterator[ListingPage]:
+        """Every message, in pages of at most ``PAGE_SIZE`` (one UID FETCH each)."""
+        with self._guard("list messages"):
+            now = self._open(folder)
+            cursor = now.cursor()
+            final = cursor.encode() if cursor is not None else None
+            if not now.messages:
+                yield_empty = True
+                ranges: list[str] = []
+            else:
+                yield_empty = False
+                ranges = ["1:*"] if now.messages <= PAGE_SIZE else self._page_ranges()
+        if yield_empty:
+            yield ListingPage([], cursor=final, complete=True)
+            return
+        for index, uids in enumerate(ranges):
+            last = index == len(ranges) - 1
+            with self._guard("list messages"):
+                self._ensure_open(folder)
+                got = self._live_wire.uid_fetch(uids, LIST_ITEMS)
+                self._check("UID FETCH", got.completion)
+            lo = int(uids.split(":", 1)[0])
+            seen: set[int] = set()
+            metas = []
+            for item in got.items:
+                if item.uid >= lo and item.size is not None and item.uid not in seen:
+                    seen.add(item.uid)
+                    metas.append(_meta(item))
+            metas.sort(key=lambda m: int(m.id))
+            yield ListingPage(metas, cursor=final if last else None, complete=True)
+
+    def _page_ranges(self) -> list[str]:
+        """UID ranges of about ``PAGE_SIZE`` messages each; the last one open ("n:*")."""
+        wire = self._live_wire
+        wire.collected = []
+        esearch = "ESEARCH" in self._caps
+        done = wire.command("UID SEARCH", b"RETURN (ALL) ALL" if esearch else b"ALL")
+        collected, wire.collected = wire.collected, None
+        self._check("UID SEARCH", done)
+        uids: list[int] = []
+        for rest, _lits in collected:
+            upper = rest[:8].upper()
+            if upper.startswith(b"ESEARCH"):
+                words = rest.split()
+                for i, word in enumerate(words[:-1]):
+                    if word.upper() == b"ALL":
+                        uids.extend(expand_uid_set(words[i + 1].decode("ascii")))
+            elif upper.startswith(b"SEARCH"):
+                uids.extend(int(w) for w in rest.split()[1:] if w.isdigit())
+        uids.sort()
+        if not uids:
+            return ["1:*"]
+        ranges = []
+        for start in range(0, len(uids), PAGE_SIZE):
+            chunk = uids[start : start + PAGE_SIZE]
+            ranges.append(f"{chunk[0]}:{chunk[-1]}")
+        lo = ranges[-1].split(":", 1)[0]
+        ranges[-1] = f"{lo}:*"
+        return ranges
+
+    # ------------------------------------------------------------------ fetching
     def fetch(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> Iterator[tuple[MessageMeta, bytes]]:
-        """Exact bytes of ``msgs`` with fresh flags and dates, in one UID FETCH.
-        Vanished messages are not yielded. Read-only (BODY.PEEK)."""
+        """Exact bytes of ``msgs`` with fresh flags and dates, one UID FETCH per uid
+        set (one for a usual batch). Vanished messages are not yielded. Read-only
+        (BODY.PEEK)."""
         if not msgs:
             return
-        uids = [int(m.id) for m in msgs]
-        with self._guard("fetch"):
-            name = self.namespace.encode(folder.path)
-            if self._selected != name:
-                self._examine(folder)
-            data = self._uid_fetch(uid_set(uids), FETCH_ITEMS)
         by_uid = {int(m.id): m for m in msgs}
-        for uid, item in data:
-            body = item.get(b"BODY[]")
-            old = by_uid.get(uid)
-            if old is None or not isinstance(body, bytes):
+        items: list[FetchItem] = []
+        with self._guard("fetch"):
+            self._ensure_open(folder)
+            wire = self._live_wire
+            for uids in uid_sets(list(by_uid)):
+                got = wire.uid_fetch(uids, FETCH_ITEMS)
+                self._check("UID FETCH", got.completion)
+                items.extend(got.items)
+        for item in items:
+            old = by_uid.pop(item.uid, None)
+            if old is None or item.body is None:
+                if old is not None:
+                    by_uid[item.uid] = old
                 continue
             meta = MessageMeta(
-                id=str(uid),
-                size=int(item.get(b"RFC822.SIZE", len(body))),
-                flags=_flags_to_str(item.get(b"FLAGS", ())),
-                internal_date=_aware(item.get(b"INTERNALDATE")) or old.internal_date,
+                id=old.id,
+                size=item.size if item.size is not None else len(item.body),
+                flags=_flags_to_str(item.flags),
+                internal_date=(parse_internaldate(item.internal_date) if item.internal_date else None)
+                or old.internal_date,
                 message_id=old.message_id,
                 extra=dict(old.extra),
             )
-            yield meta, body
+            yield meta, item.body
 
+    # ------------------------------------------------------------------ appending
     def append(self, folder: FolderInfo, items: Sequence[tuple[MessageMeta, bytes]]) -> list[str | None]:
         """Store ``items`` with flags, keywords and internal dates: one MULTIAPPEND
-        when the server offers it, else one APPEND per item. Returns the APPENDUID
-        UIDs (None each without UIDPLUS). Raises QuotaError, MessageError,
-        FolderError ([TRYCREATE]: the folder is missing) or TransientError."""
+        when the server offers it, else pipelined APPENDs (a partial failure is
+        rolled back with UIDPLUS, so the batch is all or nothing). Literals are
+        non-synchronizing with LITERAL+ (LITERAL-: up to 4 KB). Returns the APPENDUID
+        UIDs (None each without UIDPLUS). Raises QuotaError, MessageError (flags are
+        checked before anything is sent), FolderError ([TRYCREATE]: the folder is
+        missing) or TransientError (throttling, a lost connection: outcome unknown)."""
         if not items:
             return []
         name = self.namespace.encode(folder.path)
-        if "MULTIAPPEND" in self._caps and len(items) > 1:
-            return self._append_batch(name, items)
-        out: list[str | None] = []
-        for item in items:
-            out.extend(self._append_batch(name, [item]))
-        return out
-
-    def _append_batch(self, name: str, items: Sequence[tuple[MessageMeta, bytes]]) -> list[str | None]:
-        # imaplib's append() rewrites bare CR/LF and waits for a continuation per
-        # literal; _raw_command sends the bytes untouched, with LITERAL+ if offered.
-        from imapclient.imapclient import _literal
-
-        args: list[bytes] = [self._quote(name).encode("ascii")]
+        entries = []
         for meta, raw in items:
-            args.append(_flag_list(meta))
-            if meta.internal_date is not None:
-                args.append(f'"{datetime_to_INTERNALDATE(_aware(meta.internal_date))}"'.encode("ascii"))
-            args.append(_literal(raw))
+            date = format_internaldate(_aware(meta.internal_date) or meta.internal_date) if meta.internal_date else b""
+            entries.append(AppendEntry(_flag_list(meta), date, raw))
+        mailbox = self._quote(name).encode("ascii")
+        plus, minus = "LITERAL+" in self._caps, "LITERAL-" in self._caps
         with self._guard("APPEND"):
-            self._imap.untagged_responses.clear()
-            try:
-                typ, data = self._conn._raw_command(b"APPEND", args, uid=False)
-            except imap_exc.IMAPClientAbortError as exc:
-                if "waiting for continuation" in str(exc):
-                    self._refused(str(exc))  # answered before the literals: still in sync
-                raise
-            except imaplib.IMAP4.abort:
-                raise
-            except imaplib.IMAP4.error as exc:
-                # BAD: with LITERAL+ the server may read the rest of our literals as
-                # commands, so this connection cannot be trusted any more.
-                self._lost()
-                self._refused(str(exc))
-            if typ != "OK":
-                self._check_in_sync()
-                self._refused(_text(data))
-        last = data[-1] if data and isinstance(data[-1], bytes) else b""
-        return parse_appenduid(last, len(items))
+            wire = self._live_wire
+            if len(entries) == 1 or "MULTIAPPEND" in self._caps:
+                done = wire.append(mailbox, entries, plus=plus, minus=minus)
+                self._append_failed(done)
+                return parse_appenduid(done.text, len(entries))
+            results = wire.append_pipelined(mailbox, entries, plus=plus, minus=minus)
+            failed = [r for r in results if not r.ok]
+            if not failed:
+                return [parse_appenduid(r.text, 1)[0] for r in results]
+            if any(r.status == "BAD" for r in failed):
+                self._append_failed(next(r for r in failed if r.status == "BAD"))
+            stored = [r for r in results if r.ok]
+            first = failed[0]
+            text = first.describe()
+            if stored and not _is_quota(text) and "[TRYCREATE]" not in text.upper():
+                self._roll_back(folder, stored, text)
+            self._append_failed(first)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append_failed(self, done: Completion) -> None:
+        """Raise the error of a refused APPEND (nothing when OK)."""
+        if done.ok:
+            return
+        text = done.describe()
+        if done.status == "BAD":
+            # with non-synchronizing literals the server may have read the rest of
+            # our literals as commands: this connection cannot be trusted any more
+            self._lost()
+            self._refused(text)
+        self._raise_if_throttled("APPEND", text)
+        self._check_in_sync()
+        self._refused(text)
+
+    def _roll_back(self, folder: FolderInfo, stored: Sequence[Completion], why: str) -> None:
+        """Expunge the messages of a pipelined batch that were stored before another
+        was refused; TransientError when that is impossible (the caller reconciles)."""
+        uids = [parse_appenduid(r.text, 1)[0] for r in stored]
+        if "UIDPLUS" not in self._caps or any(u is None for u in uids):
+            raise TransientError(
+                f"{self._where}: APPEND refused for part of a batch ({why}) and the rest cannot be rolled back "
+                "without UIDPLUS; the destination is reconciled before anything is sent again"
+            )
+        self._expunge_uids(folder, [int(u) for u in uids if u is not None])
 
     def _check_in_sync(self) -> None:
         """NOOP after a refused APPEND; drop the connection if the answer is garbled."""
         try:
-            typ, _data = self._simple("NOOP")
-            if typ != "OK":
+            if not self._live_wire.command("NOOP", b"").ok:
                 self._lost()
         except Exception:
             self._lost()
@@ -640,6 +1060,77 @@ class ImapStore:
         if "[TRYCREATE]" in text.upper():
             raise FolderError(f"{self._where}: folder missing: {text}")
         raise MessageError(f"{self._where}: APPEND refused: {text}")
+
+    # ------------------------------------------------------------------ changing
+    def set_flags(self, folder: FolderInfo, changes: Sequence[tuple[str, frozenset[str]]]) -> None:
+        """Give each UID exactly its flag set (system flags and keywords; \\Recent and
+        flags IMAP cannot carry are left out, with a warning): one UID STORE
+        FLAGS.SILENT per distinct set and uid set, pipelined. UIDs that are gone are
+        no error. FolderError when the server refuses."""
+        if not changes:
+            return
+        groups: dict[bytes, list[int]] = defaultdict(list)
+        for uid, flags in changes:
+            keep = []
+            for flag in sorted(flags):
+                try:
+                    spelled = _imap_flag(flag, uid)
+                except MessageError as exc:
+                    log.warning("%s: %s; left out", self._where, exc)
+                    continue
+                if spelled is not None:
+                    keep.append(spelled)
+            groups[("(" + " ".join(keep) + ")").encode("ascii")].append(int(uid))
+        commands = [
+            ("UID STORE", f"{uids} FLAGS.SILENT ".encode("ascii") + flag_list)
+            for flag_list, members in groups.items()
+            for uids in uid_sets(members)
+        ]
+        with self._guard("STORE"):
+            self._ensure_open(folder, writable=True)
+            self._pipeline_checked(commands)
+
+    def delete(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> None:
+        """Expunge exactly these UIDs (UID STORE +FLAGS.SILENT (\\Deleted), then UID
+        EXPUNGE of the same set; other \\Deleted messages are left alone). UIDs that
+        are gone are no error. Needs UIDPLUS: without it FolderError, nothing done."""
+        if not msgs:
+            return
+        if "UIDPLUS" not in self._caps:
+            raise FolderError(
+                f"{self._where}: the server lacks UIDPLUS, so messages cannot be deleted one by one "
+                "(EXPUNGE would also remove other messages marked \\Deleted); nothing was deleted"
+            )
+        with self._guard("delete"):
+            self._expunge_uids(folder, [int(m.id) for m in msgs])
+
+    def _expunge_uids(self, folder: FolderInfo, uids: Sequence[int]) -> None:
+        self._ensure_open(folder, writable=True)
+        commands: list[tuple[str, bytes]] = []
+        for part in uid_sets(uids):
+            commands.append(("UID STORE", part.encode("ascii") + b" +FLAGS.SILENT (\\Deleted)"))
+            commands.append(("UID EXPUNGE", part.encode("ascii")))
+        self._pipeline_checked(commands)
+
+    def _pipeline_checked(self, commands: Sequence[tuple[str, bytes]]) -> None:
+        wire = self._live_wire
+        for start in range(0, len(commands), PIPELINE_DEPTH):
+            chunk = commands[start : start + PIPELINE_DEPTH]
+            for (name, _args), done in zip(chunk, wire.pipeline(chunk), strict=True):
+                self._check(name, done)
+
+    # ------------------------------------------------------------------ quota
+    def quota(self) -> tuple[int, int] | None:
+        """(used, limit) bytes of the inbox's storage quota root (GETQUOTAROOT INBOX),
+        or None when the server has no QUOTA or no storage limit."""
+        if "QUOTA" not in self._caps:
+            return None
+        with self._guard("GETQUOTAROOT"):
+            _roots, quotas = self._conn.get_quota_root("INBOX")
+        for q in quotas:
+            if str(q.resource).upper() == "STORAGE" and q.limit:
+                return int(q.usage) * 1024, int(q.limit) * 1024
+        return None
 
     # ------------------------------------------------------------------ closing
     def close(self) -> None:
@@ -652,3 +1143,11 @@ class ImapStore:
             client.logout()
         except Exception:
             _shutdown(client)
+
+
+def _disabled(account: Account) -> set[str]:
+    value = account.options.get("imap_disable") if account.options else None
+    if not value:
+        return set()
+    words = value.split() if isinstance(value, str) else list(value)
+    return {str(w).upper() for w in words}
