@@ -41,7 +41,7 @@ from migrator.march import hash_candidates, march, match_existing
 from migrator.model import SEEN, Account, FolderInfo, FolderPath, MailboxJob, MessageMeta
 from migrator.state import FolderRef, State
 from migrator.stats import FolderStats, RunStats
-from migrator.transfer import DryRunDestination, FolderCopy, content_hash
+from migrator.transfer import DryRunDestination, FolderCopy, content_hash, preview_adaptations
 
 log = logging.getLogger("migrator")
 
@@ -288,7 +288,18 @@ class MailboxRun:
                     on_vanished=lambda meta: self._vanished(fstats, src_folder, meta),
                     cancel=self.cancel,
                     extra_flags=extra,
+                    on_changed=lambda meta, note: self._changed(fstats, src_folder, meta, note),
                 ).run(todo)
+            elif self.options.dry_run and todo and dst.capabilities.adapts_messages:
+                preview_adaptations(
+                    src,
+                    dst,
+                    src_folder,
+                    todo,
+                    opts.batch_bytes,
+                    opts.batch_messages,
+                    lambda meta, note: self._changed(fstats, src_folder, meta, note),
+                )
             if not self.options.dry_run:
                 state.set_reconciled(ref)
                 reconciled = True
@@ -424,6 +435,13 @@ class MailboxRun:
         self.stats.add(self.job.id, fstats, failed=1)
         self.stats.failed_message(self.job.id, folder.path, meta.id, reason)
         self.state.add_error(self.run_id, self.job.id, folder.path, meta.id, "message", reason)
+
+    def _changed(self, fstats: FolderStats, folder: FolderInfo, meta: MessageMeta, note: str) -> None:
+        """The destination changes this message to accept it: a folder note in the report."""
+        mid = f" {meta.message_id}" if meta.message_id else ""
+        text = f"message {meta.id}{mid}: {note}"
+        self.stats.note(self.job.id, fstats, text)
+        log.warning("%s: %s: %s", self.job.id, join(folder.path), text)
 
     def _vanished(self, fstats: FolderStats, folder: FolderInfo, meta: MessageMeta) -> None:
         reason = "vanished from the source during the run"

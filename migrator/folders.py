@@ -292,6 +292,11 @@ def map_folders(
             path = tuple(clean)
             if path and path[0].upper() == "INBOX" and len(path) == 1:
                 path = ("INBOX",)
+            reserved = {n.casefold() for n in dest_caps.reserved_names}
+            if path and use is None and path[0].casefold() in reserved:
+                new_top = f"{path[0]} (mail)"
+                notes.append(f"{path[0]!r} -> {new_top!r}: the destination keeps {path[0]!r} for itself")
+                path = (new_top, *path[1:])
         if path in taken:
             if (use is not None and taken[path] == use) or path == ("INBOX",):
                 notes.append(f"merged into {join(path)!r} with another source folder")

@@ -165,6 +165,14 @@ class RunStats:
             mb = self.mailboxes[job]
         self._changed(mb)
 
+    def note(self, job: str, fs: FolderStats, text: str) -> None:
+        """Add a note to a folder (e.g. a message the destination changed to accept it)."""
+        with self._lock:
+            if text not in fs.notes:
+                fs.notes = (*fs.notes, text)
+            mb = self.mailboxes[job]
+        self._changed(mb)
+
     def excluded(self, job: str, path: FolderPath, reason: str) -> None:
         with self._lock:
             self.mailboxes[job].excluded.append((path, reason))

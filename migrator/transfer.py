@@ -61,8 +61,48 @@ class DryRunDestination:
     def append(self, folder: FolderInfo, items: Sequence[tuple[MessageMeta, bytes]]) -> list[str | None]:
         return [None] * len(items)
 
+    def adapt(self, meta: MessageMeta, raw: bytes) -> tuple[bytes, str | None]:
+        return self.inner.adapt(meta, raw)  # type: ignore[attr-defined,no-any-return]  # pure: no write
+
     def close(self) -> None:
         self.inner.close()
+
+
+def adapt_items(
+    dst: Destination,
+    items: list[tuple[MessageMeta, bytes]],
+    on_changed: Callable[[MessageMeta, str], None] | None,
+) -> list[tuple[MessageMeta, bytes]]:
+    """``items`` as the destination will accept them (``Destination.adapt`` when it
+    declares ``adapts_messages``), reporting each change through ``on_changed``."""
+    if not dst.capabilities.adapts_messages:
+        return items
+    out = []
+    for meta, raw in items:
+        new, note = dst.adapt(meta, raw)  # type: ignore[attr-defined]
+        if note and on_changed is not None:
+            on_changed(meta, note)
+        out.append((meta, new))
+    return out
+
+
+def preview_adaptations(
+    src: Source,
+    dst: Destination,
+    folder: FolderInfo,
+    todo: Sequence[MessageMeta],
+    batch_bytes: int,
+    batch_messages: int,
+    on_changed: Callable[[MessageMeta, str], None],
+) -> None:
+    """Dry run: read ``todo`` from the source and report what the destination would
+    change (``Destination.adapt``, which is pure). Writes nothing."""
+    if not todo or not dst.capabilities.adapts_messages:
+        return
+    for batch in batches(todo, batch_bytes, batch_messages):
+        by_id = {m.id: m for m in batch}
+        items = [(by_id.get(fresh.id, fresh), raw) for fresh, raw in src.fetch(folder, batch)]
+        adapt_items(dst, items, on_changed)
 
 
 @dataclass(slots=True)
@@ -83,6 +123,9 @@ class FolderCopy:
     on_vanished: Callable[[MessageMeta], None]
     cancel: threading.Event | None = None  # set: stop between batches (KeyboardInterrupt)
     extra_flags: frozenset[str] = frozenset()  # e.g. \\Seen for POP3 messages (plan option)
+    # a message the destination had to change to accept it (capabilities.adapts_messages:
+    # e.g. long lines re-encoded for Exchange Online), with what changed
+    on_changed: Callable[[MessageMeta, str], None] | None = None
 
     def _fetch_batches(self, todo: Sequence[MessageMeta]) -> Iterator[list[tuple[MessageMeta, bytes]]]:
         for batch in batches(todo, self.batch_bytes, self.batch_messages):
@@ -143,7 +186,7 @@ class FolderCopy:
                     raise got
                 if self.cancel is not None and self.cancel.is_set():
                     raise KeyboardInterrupt
-                self._append(got)
+                self._append(adapt_items(self.dst, got, self.on_changed))
         finally:
             stop.set()
             while producer.is_alive():

@@ -107,6 +107,12 @@ class Destination(Source, Protocol):
     # capabilities.can_delete_at_destination:
     #   def delete(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> None   (ids are destination ids)
     #   def delete_folder(self, path: FolderPath) -> None      (idempotent: a missing folder is success)
+    # capabilities.adapts_messages:
+    #   def adapt(self, meta: MessageMeta, raw: bytes) -> tuple[bytes, str | None]
+    #       The bytes this store will store for ``raw`` (``raw`` itself when nothing needs
+    #       changing) and a note saying what changed (None: unchanged). Pure, no I/O,
+    #       idempotent; dry runs call it too. append() applies it again itself, so
+    #       calling it first is for reporting (Exchange Online: long lines re-encoded).
 
 
 Role = Literal["source", "destination"]

@@ -168,6 +168,8 @@ def _fold(field_bytes: bytes, limit: int, out: Fixed, where: str) -> bytes:
             result.append(line[:cut])
             line = line[cut:]  # keeps the whitespace: folding = inserting a line break before it
         result.append(line)
+    if len(result) == len(lines):
+        return field_bytes  # nothing could be folded
     out.notes.append(f"{where}: header {name} folded (line over {limit} octets)")
     return eol.join(result) + eol
 
