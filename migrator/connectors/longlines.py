@@ -164,12 +164,10 @@ def _fold(field_bytes: bytes, limit: int, out: Fixed, where: str) -> bytes:
             cut = max(line.rfind(b" ", 1, limit), line.rfind(b"\t", 1, limit))
             if cut <= 0:
                 out.unfixable.append(f"{where}: header {name} has a line of {len(line)} octets without spaces")
-                break
+                return field_bytes  # folding cannot make it acceptable: leave it as it is
             result.append(line[:cut])
             line = line[cut:]  # keeps the whitespace: folding = inserting a line break before it
         result.append(line)
-    if len(result) == len(lines):
-        return field_bytes  # nothing could be folded
     out.notes.append(f"{where}: header {name} folded (line over {limit} octets)")
     return eol.join(result) + eol
 
