@@ -472,3 +472,56 @@ def test_mime_for_mail_composed_in_outlook() -> None:
     assert parsed["Message-ID"] == "<d1@example.com>"
     assert parsed.get_body(("plain",)).get_content() == ""
     assert [a.get_filename() for a in parsed.iter_attachments()] == ["body.rtf"]
+
+
+# Through the engine ----------------------------------------------------------------
+
+
+def test_profile_and_pst_to_maildir_through_a_plan(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from migrator.cli import app
+    from migrator.connectors.local import open_maildir
+
+    msgs = [TbMessage(message(i), status=0x1 if i % 3 else 0x4, uidl=f"U{i}") for i in range(30)]
+    msgs.append(TbMessage(message(500), status=0x9, uidl="GONE"))  # expunged: never copied
+    pop_profile(tmp_path / "profile", msgs)
+    pst_path = Path(os.environ.get("MIGRATOR_TEST_PST") or Path(__file__).parent / "data" / ".cache" / "enron.pst")
+    with_pst = pst_path.is_file() and _have_pypff()
+    plan = [
+        "version: 1",
+        "name: desk",
+        "endpoints:",
+        "  tb: {type: thunderbird}",
+        "  pst: {type: pst}",
+        "  out: {type: maildir}",
+        "destination: out",
+        "mailboxes:",
+        f"  - {{id: alice, source: {{endpoint: tb, path: '{tmp_path / 'profile'}'}},",
+        f"     destination: {{path: '{tmp_path / 'a'}'}}}}",
+    ]
+    if with_pst:
+        plan.append(
+            f"  - {{id: bob, source: {{endpoint: pst, path: '{pst_path}'}}, destination: {{path: '{tmp_path / 'b'}'}}}}"
+        )
+    (tmp_path / "plan.yaml").write_text("\n".join(plan) + "\n")
+    runner = CliRunner()
+    args = ["run", str(tmp_path / "plan.yaml"), "--state", str(tmp_path / "state.db")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    dst = open_maildir(Account(type="maildir", path=str(tmp_path / "a")), "source")
+    got = {raw: m.flags for m, raw in dst.fetch(FolderInfo(INBOX), dst.list_messages(FolderInfo(INBOX)))}
+    assert got == {m.raw: ({"\\Seen"} if m.status == 0x1 else {"\\Flagged"}) for m in msgs[:30]}
+    if with_pst:
+        bob = open_maildir(Account(type="maildir", path=str(tmp_path / "b")), "source")
+        assert sum(len(bob.list_messages(f)) for f in bob.list_folders() if f.selectable) == 71
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "copied 0 message(s)" in again.output, again.output
+
+
+def _have_pypff() -> bool:
+    try:
+        import pypff  # noqa: F401
+    except ImportError:
+        return False
+    return True
