@@ -574,7 +574,7 @@ def verify(
     if report:
         for path in write_report_files(tuple(report), verify_data(result, jobs)):
             console.print(f"report written: {path}", markup=False)
-    console.print(verify_line(result), markup=False)
+    console.print(verify_line(result), markup=False, soft_wrap=True)
     raise typer.Exit(int(result.exit_code()))
 
 
