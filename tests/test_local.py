@@ -231,6 +231,24 @@ def test_mbox_flag_change_keeps_id(tmp_path: Path) -> None:
     assert a[0].id == b[0].id and a[0].size == b[0].size and a[0].flags != b[0].flags
 
 
+def test_mbox_fetch_by_offset_and_after_the_file_changed(tmp_path: Path) -> None:
+    originals = [f"Subject: m{i}\nMessage-ID: <o{i}@x>\n\nFrom body {i}\n".encode() for i in range(60)]
+    originals[7] = originals[3]  # a true duplicate keeps its own id
+    dst = store("mbox", tmp_path / "m")
+    dst.append(dst.ensure_folder(INBOX), [(MessageMeta(id="", size=0), raw) for raw in originals])
+    src = store("mbox", tmp_path / "m", "source")
+    listed = src.list_messages(FolderInfo(INBOX))
+    assert len({m.id for m in listed}) == 60
+    got = [raw for i in range(0, 60, 7) for _, raw in src.fetch(FolderInfo(INBOX), listed[i : i + 7])]
+    assert got == originals
+    path = tmp_path / "m" / "Inbox"
+    path.write_bytes(b"From x Mon Jan  1 00:00:00 2024\nSubject: new\n\nnew\n\n" + path.read_bytes())
+    moved = src.fetch(FolderInfo(INBOX), [listed[7], listed[10]])  # offsets shifted: read through again
+    assert [(m.id, raw) for m, raw in moved] == [(listed[7].id, originals[7]), (listed[10].id, originals[10])]
+    path.write_bytes(b"")
+    assert list(src.fetch(FolderInfo(INBOX), listed)) == []
+
+
 # -------------------------------------------------------------- foreign stores
 
 
