@@ -93,6 +93,23 @@ def test_folder_tree_of_a_profile(tmp_path: Path) -> None:
     assert store.find_folder(("Feeds",)) is None and store.find_folder(("News",)) is None
 
 
+def test_global_inbox_comes_first_and_one_account_needs_no_prefix(tmp_path: Path) -> None:
+    # the POP3 account delivers into Local Folders ("global inbox"): Local Folders is read first
+    write_profile(
+        tmp_path / "g",
+        [
+            TbAccount("account1", "server1", "none", "Mail/Local Folders", "Local Folders", {"Inbox": [], "Trash": []}),
+            TbAccount(
+                "account2", "server2", "pop3", "Mail/pop.example.com", "alice", {"Inbox": []}, deferred_to="account1"
+            ),
+        ],
+        default="account2",
+    )
+    assert {f.path for f in tb(tmp_path / "g").list_folders()} == {INBOX, ("Trash",), ("alice",), ("alice", "Inbox")}
+    one = pop_profile(tmp_path / "one", [TbMessage(message(1))])
+    assert {f.path for f in tb(one).list_folders()} == {INBOX, ("Trash",)}
+
+
 def test_other_starting_points(tmp_path: Path) -> None:
     root = full_profile(tmp_path / "profile")
     lf = {f.path for f in tb(root / "Mail" / "Local Folders").list_folders()}
