@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import io
 import socket
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,6 +15,7 @@ import pytest
 from integration.dovecot import DovecotServer, free_ports
 from migrator.connectors.base import Destination, open_store
 from migrator.connectors.imap import ImapStore, expand_uid_set, open_imap, parse_appenduid, uid_set
+from migrator.connectors.imap_wire import AppendEntry, Wire, format_internaldate, parse_internaldate
 from migrator.errors import (
     AuthError,
     ConnectError,
@@ -374,3 +377,86 @@ def test_unreachable_port_is_a_connect_error(dovecot: DovecotServer) -> None:
         open_imap(replace(account, port=port, timeout=5.0), "source")
     assert not isinstance(info.value, AuthError | TLSError)
     assert info.value.retryable
+
+
+# ------------------------------------------------------------------ the wire layer, on canned bytes
+def wire_on(data: bytes) -> tuple[Wire, list[bytes]]:
+    stream = io.BytesIO(data)
+    sent: list[bytes] = []
+    return Wire(stream.read, stream.readline, sent.append, Counter()), sent
+
+
+def test_wire_parses_fetch_literals_and_odd_items() -> None:
+    body = b'Subject: x\r\n\r\n) {5}\r\n"quoted" (paren\r\n'
+    data = (
+        b'* 1 FETCH (UID 7 RFC822.SIZE %d FLAGS (\\Seen $Odd[1 Work) INTERNALDATE " 4-Mar-2019 05:06:07 +0530" '
+        b'BODYSTRUCTURE (("text" "plain" NIL NIL {3}\r\nabc "7bit" 5) "mixed") MODSEQ (12) BODY[] {%d}\r\n'
+        % (len(body), len(body))
+        + body
+        + b")\r\n"
+        b"* 2 FETCH (FLAGS (\\Flagged) UID 8)\r\n"
+        b'* 3 FETCH (UID 9 BODY[HEADER.FIELDS (MESSAGE-ID)] "" INTERNALDATE "01-Jan-2020 00:00:00 -0800" '
+        b"RFC822.SIZE 0 BODY[] NIL)\r\n"
+        b"* 4 EXISTS\r\n* VANISHED (EARLIER) 3:5,11\r\n"
+        b"W1 OK [HIGHESTMODSEQ 12] done\r\n"
+    )
+    wire, sent = wire_on(data)
+    got = wire.uid_fetch("1:*", b"(UID)", b"(CHANGEDSINCE 3 VANISHED)")
+    assert sent == [b"W1 UID FETCH 1:* (UID) (CHANGEDSINCE 3 VANISHED)\r\n"]
+    assert wire.counts == {"UID FETCH": 1}
+    assert got.completion.ok and got.completion.code == b"HIGHESTMODSEQ 12"
+    first, second, third = got.items
+    assert (first.uid, first.size, first.body, first.modseq) == (7, len(body), body, 12)
+    assert first.flags == [b"\\Seen", b"$Odd[1", b"Work"]
+    assert parse_internaldate(first.internal_date or b"") == datetime(
+        2019, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=30))
+    )
+    assert (second.uid, second.flags, second.body) == (8, [b"\\Flagged"], None)
+    assert (third.uid, third.header, third.size, third.body) == (9, b"", 0, None)
+    assert got.vanished == [3, 4, 5, 11]
+    assert wire.exists == 4
+
+
+def test_wire_bye_and_desync_are_lost_connections() -> None:
+    from migrator.connectors.imap_wire import WireLost
+
+    wire, _ = wire_on(b"* BYE shutting down\r\n")
+    with pytest.raises(WireLost, match="shutting down"):
+        wire.command("NOOP", b"")
+    wire, _ = wire_on(b"X9 OK not ours\r\n")
+    with pytest.raises(WireLost):
+        wire.command("NOOP", b"")
+    wire, _ = wire_on(b"* 1 FETCH (UID 1 BODY[] {10}\r\nabc")
+    with pytest.raises(WireLost, match="inside a literal"):
+        wire.uid_fetch("1", b"(BODY[])")
+
+
+def test_wire_multiappend_bytes_on_the_wire() -> None:
+    wire, sent = wire_on(b"W1 OK [APPENDUID 5 3:4] done\r\n")
+    entries = [AppendEntry(b"(\\Seen)", b'"01-Jan-2020 00:00:00 +0000"', b"one"), AppendEntry(b"()", b"", b"two!")]
+    done = wire.append(b'"INBOX"', entries, plus=True, minus=False)
+    assert done.ok and parse_appenduid(done.text, 2) == ["3", "4"]
+    assert b"".join(sent) == (
+        b'W1 APPEND "INBOX" (\\Seen) "01-Jan-2020 00:00:00 +0000" {3+}\r\none () {4+}\r\ntwo!\r\n'
+    )
+    # synchronizing literals wait for "+" each; a NO instead of "+" ends the command in sync
+    wire, sent = wire_on(b"+ go\r\nW1 NO [OVERQUOTA] full\r\n")
+    done = wire.append(b"X", entries, plus=False, minus=False)
+    assert done.status == "NO" and b"OVERQUOTA" in done.text
+    assert b"".join(sent) == b'W1 APPEND X (\\Seen) "01-Jan-2020 00:00:00 +0000" {3}\r\none () {4}\r\n'
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2019, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2001, 12, 31, 23, 59, 59, tzinfo=timezone(-timedelta(hours=8))),
+        datetime(1999, 1, 9, 0, 0, 0, tzinfo=UTC),
+        datetime(2024, 7, 1, 12, 0, 0, tzinfo=timezone(-timedelta(hours=3, minutes=30))),
+    ],
+)
+def test_internaldate_round_trip(when: datetime) -> None:
+    text = format_internaldate(when)
+    assert text.startswith(b'"') and text.endswith(b'"') and len(text) == 28
+    back = parse_internaldate(text[1:-1])
+    assert back == when and back is not None and back.utcoffset() == when.utcoffset()

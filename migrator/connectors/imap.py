@@ -1006,11 +1006,11 @@ class ImapStore:
             if len(entries) == 1 or "MULTIAPPEND" in self._caps:
                 done = wire.append(mailbox, entries, plus=plus, minus=minus)
                 self._append_failed(done)
-                return parse_appenduid(done.text, len(entries))
+                return self._appended_ids([done.text], len(entries))
             results = wire.append_pipelined(mailbox, entries, plus=plus, minus=minus)
             failed = [r for r in results if not r.ok]
             if not failed:
-                return [parse_appenduid(r.text, 1)[0] for r in results]
+                return self._appended_ids([r.text for r in results], 1)
             if any(r.status == "BAD" for r in failed):
                 self._append_failed(next(r for r in failed if r.status == "BAD"))
             stored = [r for r in results if r.ok]
@@ -1020,6 +1020,12 @@ class ImapStore:
                 self._roll_back(folder, stored, text)
             self._append_failed(first)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _appended_ids(self, texts: Sequence[bytes], per_text: int) -> list[str | None]:
+        """The APPENDUID UIDs of the completions (None each without UIDPLUS)."""
+        if "UIDPLUS" not in self._caps:
+            return [None] * (len(texts) * per_text)
+        return [uid for text in texts for uid in parse_appenduid(text, per_text)]
 
     def _append_failed(self, done: Completion) -> None:
         """Raise the error of a refused APPEND (nothing when OK)."""
@@ -1038,8 +1044,8 @@ class ImapStore:
     def _roll_back(self, folder: FolderInfo, stored: Sequence[Completion], why: str) -> None:
         """Expunge the messages of a pipelined batch that were stored before another
         was refused; TransientError when that is impossible (the caller reconciles)."""
-        uids = [parse_appenduid(r.text, 1)[0] for r in stored]
-        if "UIDPLUS" not in self._caps or any(u is None for u in uids):
+        uids = self._appended_ids([r.text for r in stored], 1)
+        if any(u is None for u in uids):
             raise TransientError(
                 f"{self._where}: APPEND refused for part of a batch ({why}) and the rest cannot be rolled back "
                 "without UIDPLUS; the destination is reconciled before anything is sent again"
