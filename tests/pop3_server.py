@@ -105,6 +105,7 @@ class FakePop3:
         socketserver.ThreadingTCPServer.allow_reuse_address = True
         server = socketserver.ThreadingTCPServer((self.host, 0), Handler)
         server.daemon_threads = True
+        server.block_on_close = False  # a stalled session must not hold up stop()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
