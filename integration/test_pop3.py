@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,9 +30,13 @@ from pathlib import Path
 import pytest
 
 from integration.corpus import INBOX, CorpusMessage, generate, load_maildir
-from integration.dovecot import DovecotServer
+from integration.dovecot import DovecotServer, make_certificate
 from integration.faultproxy import Fault, FaultProxy
 from integration.snapshot import Snapshot, snapshot_imap
+from integration.tokenserver import TokenServer
+from migrator.connectors.pop3 import open_pop3
+from migrator.errors import AuthError
+from migrator.model import Account, OAuth, Secret
 
 COUNT = 2000
 PW = "pw-Pop3-Geheim-5150"
@@ -469,3 +475,62 @@ def test_dry_run_deletes_nothing_and_writes_nothing(dovecot, small, dest, tmp_pa
     assert shas(snap(dovecot, src_user)) == Counter(sha(m.raw) for m in messages)
     assert dovecot.doveadm("search", "-u", dest, "ALL").strip() == ""
     assert not state.exists()
+
+
+def test_xoauth2_login_against_dovecot_oauth2(monkeypatch):
+    """AUTH XOAUTH2 with a client-credentials token from a local token endpoint,
+    checked by Dovecot's oauth2 passdb (introspection); a bad token is an AuthError
+    naming the user, never the token."""
+    parent = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    root = Path(tempfile.mkdtemp(prefix="migrator-pop3oauth-", dir=parent))
+    root.chmod(0o755)
+    try:
+        cert, key = make_certificate(root)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        with TokenServer(cert, key, clients={"app-1": "cs-9"}, tenant_domains={"contoso": "contoso.test"}) as tokens:
+            server = DovecotServer(parent_dir=root, oauth2=(tokens.introspection_url, str(cert))).start()
+            try:
+                server.add_user("popo", PW)
+                messages = inbox_messages(5, seed=9, max_attachment=50_000)
+                load(server, "popo", messages)
+                oauth = OAuth(
+                    flow="client_credentials",
+                    tenant="contoso",
+                    client_id="app-1",
+                    client_secret=Secret(value="cs-9"),
+                    authority=tokens.authority("contoso"),
+                    validate_authority=False,
+                )
+                account = Account(
+                    type="pop3",
+                    host=server.host,
+                    port=server.pop3s_port,
+                    security="tls",
+                    ca_file=str(server.cert_path),
+                    user="popo@contoso.test",
+                    oauth=oauth,
+                )
+                store = open_pop3(account, "source")
+                folder = store.list_folders()[0]
+                got = Counter(sha(raw) for _, raw in store.fetch(folder, store.list_messages(folder)))
+                store.close()
+                assert got == Counter(sha(m.raw) for m in messages)
+                assert _logins(server, "popo@contoso.test")[-1] == "XOAUTH2"
+                token_file = root / "token"
+                token_file.write_text("eyJ.not-a-live-token.x\n", encoding="utf-8")
+                bad = Account(
+                    type="pop3",
+                    host=server.host,
+                    port=server.pop3s_port,
+                    security="tls",
+                    ca_file=str(server.cert_path),
+                    user="popo@contoso.test",
+                    oauth=OAuth(flow="token_file", token_file=str(token_file)),
+                )
+                with pytest.raises(AuthError, match=r"XOAUTH2 login failed for popo@contoso\.test") as info:
+                    open_pop3(bad, "source")
+                assert "not-a-live-token" not in str(info.value)
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
