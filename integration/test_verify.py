@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from imapclient import IMAPClient
 
 from integration.corpus import CorpusMessage, load_maildir
 from integration.dovecot import DovecotServer
-from integration.quota_dovecot import QuotaDovecot
+from integration.report_fixtures import QuotaDovecot, small_corpus
 from integration.snapshot import snapshot_imap
 
 PW = "pw-Verify-7"
@@ -29,34 +28,8 @@ LIMIT = 100_000
 BIG = 180_000
 
 
-def make_message(tag: str, i: int, size: int = 3000, *, mid: bool = True) -> bytes:
-    """A plain CRLF message of about ``size`` bytes, unique per (tag, i)."""
-    head = [
-        f"From: Sender {i} <s{i}@example.org>",
-        "To: team@example.net",
-        f"Subject: {tag} message {i}",
-        f"Date: Mon, 01 Jan 2024 10:{i % 60:02d}:00 +0000",
-    ]
-    if mid:
-        head.append(f"Message-ID: <{tag}.{i}@example.org>")
-    head.append("Content-Type: text/plain; charset=us-ascii")
-    header = "\r\n".join(head) + "\r\n\r\n"
-    line = f"{tag} {i}: the quick brown fox jumps over the lazy dog 0123456789\r\n"
-    return (header + line * max(1, (size - len(header)) // len(line))).encode("ascii")
-
-
 def corpus(tag: str, n: int, big: set[int] = frozenset()) -> list[CorpusMessage]:  # type: ignore[assignment]
-    folders = [("INBOX",), ("INBOX",), ("Sent",), ("Archive",)]
-    base = datetime(2023, 5, 1, 12, 0, tzinfo=UTC)
-    return [
-        CorpusMessage(
-            folders[i % len(folders)],
-            frozenset({"\\Seen"} if i % 2 else set()),
-            base + timedelta(hours=i),
-            make_message(tag, i, BIG if i in big else 2000 + 97 * i),
-        )
-        for i in range(n)
-    ]
+    return small_corpus(tag, n, big, BIG)
 
 
 def load(server: DovecotServer, user: str, msgs: list[CorpusMessage]) -> None:

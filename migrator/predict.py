@@ -188,6 +188,8 @@ def estimate(stats: RunStats, jobs: Sequence[MailboxJob], throughput: Throughput
 def duration_text(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
+    if 0 < seconds < 1:
+        return "< 1 s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"
@@ -198,6 +200,16 @@ def duration_text(seconds: float | None) -> str:
     if hours < 48:
         return f"{hours} h {minutes:02d} min"
     return f"{hours // 24} d {hours % 24} h"
+
+
+def size_text(n: float | None) -> str:
+    """Bytes in decimal units: "512 B", "4.2 KB", "1.5 MB", "2.3 GB"."""
+    value = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # --------------------------------------------------------------------------- probes
@@ -230,29 +242,27 @@ class JobProbe:
 
 
 def _caps_of(store: object) -> tuple[str, ...] | None:
+    """The server's advertised capabilities (IMAP ``server_capabilities``), None for a
+    store that has none (local stores)."""
     caps = getattr(store, "server_capabilities", None)
-    if caps is None:  # until the IMAP connector exposes it: its private set (upper-case str)
-        caps = getattr(store, "_caps", None)
+    if callable(caps):
+        caps = caps()
     if caps is None:
         return None
     return tuple(sorted({(c.decode("ascii", "replace") if isinstance(c, bytes) else str(c)).upper() for c in caps}))
 
 
-def _quota_of(store: object, caps: tuple[str, ...] | None) -> Quota | None:
+def _quota_of(store: object) -> Quota | None:
     fn = getattr(store, "quota", None)
-    if callable(fn):
-        return normalise_quota(fn())
-    conn = getattr(store, "_client", None)  # fallback until ImapStore.quota() lands
-    if caps and "QUOTA" in caps and conn is not None and hasattr(conn, "get_quota_root"):
-        return normalise_quota(conn.get_quota_root("INBOX"))
-    return None
+    return normalise_quota(fn()) if callable(fn) else None
 
 
 def normalise_quota(value: Any) -> Quota | None:
-    """A Quota from what a connector returns: None; a Quota; imapclient's
-    ``get_quota_root`` answer ``(MailboxQuotaRoots, [Quota(root, resource, usage,
-    limit)])`` or just the list; or a mapping with storage_used/storage_limit (bytes)
-    etc. IMAP STORAGE is in units of 1024 octets."""
+    """A Quota from what a connector's ``quota()`` returns: None; a Quota; ``(used,
+    limit)`` storage bytes (ImapStore); imapclient's ``get_quota_root`` answer
+    ``(MailboxQuotaRoots, [Quota(root, resource, usage, limit)])`` or just that list
+    (IMAP STORAGE is in units of 1024 octets); or a mapping with storage_used /
+    storage_limit (bytes), messages_used / messages_limit."""
     if value is None or isinstance(value, Quota):
         return value
     if isinstance(value, dict):
@@ -260,12 +270,11 @@ def normalise_quota(value: Any) -> Quota | None:
             root=str(value.get("root", "")),
             **{k: (int(value[k]) if value.get(k) is not None else None) for k in _QUOTA_FIELDS},
         )
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(x, int) for x in value):
+        return Quota(root="", storage_used=value[0], storage_limit=value[1])
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], list):
         value = value[1]
     if not isinstance(value, list | tuple):
-        fields = {k: getattr(value, k, None) for k in _QUOTA_FIELDS}
-        if any(v is not None for v in fields.values()):
-            return Quota(root=str(getattr(value, "root", "")), **fields)
         return None
     root = ""
     out: dict[str, int | None] = dict.fromkeys(_QUOTA_FIELDS)
@@ -313,7 +322,7 @@ def probe_store(account: Account, role: Literal["source", "destination"]) -> Sto
         quota_error = None
         if role == "destination":
             try:
-                quota = _quota_of(store, caps)
+                quota = _quota_of(store)
             except Exception as exc:  # an odd GETQUOTAROOT answer must not hide the rest
                 quota_error = f"quota unknown: {exc}"
         return StoreProbe(
@@ -397,21 +406,23 @@ def _skip_problems(mb: MailboxStats, dry_run: bool) -> list[Problem]:
     return out
 
 
+def note_kind(note: str) -> tuple[str, Severity]:
+    """Classify a folder note (folders.py renames, the engine's message changes)."""
+    if note.startswith("message "):
+        return "message-changed", "warning"  # the destination changes a message to accept it
+    if "cannot hold" in note or ("keeps" in note and "for itself" in note):
+        return "folder-name", "warning"  # a name the destination cannot hold or reserves
+    return "folder-mapping", "info"  # special-use mapping, merges, rules
+
+
 def _folder_problems(mb: MailboxStats) -> list[Problem]:
     out = []
     for f in mb.folders:
         src, dst = join(f.source), join(f.dest)
         for note in f.notes:
-            bad_name = "cannot hold" in note
-            out.append(
-                Problem(
-                    mb.job,
-                    "warning" if bad_name else "info",
-                    "folder-name" if bad_name else "folder-mapping",
-                    f"{src!r} -> {dst!r}: {note}",
-                    src,
-                )
-            )
+            kind, severity = note_kind(note)
+            text = note if kind == "message-changed" else f"{src!r} -> {dst!r}: {note}"
+            out.append(Problem(mb.job, severity, kind, text, src))
         if f.no_message_id:
             out.append(
                 Problem(
@@ -480,7 +491,8 @@ def _probe_problems(mb: MailboxStats, probe: JobProbe | None, dry_run: bool) -> 
     if q is not None and q.storage_limit:
         used = q.storage_used or 0
         free = max(q.storage_limit - used, 0)
-        where = f"quota {q.root!r}: {_mb_text(used)} used of {_mb_text(q.storage_limit)}"
+        root = f" {q.root!r}" if q.root else ""
+        where = f"quota{root}: {_mb_text(used)} used of {_mb_text(q.storage_limit)}"
         if need > free:
             out.append(
                 Problem(mb.job, "error", "quota", f"needs {_mb_text(need)} but only {_mb_text(free)} free ({where})")

@@ -15,7 +15,7 @@ import html
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from migrator.predict import duration_text
+from migrator.predict import duration_text, size_text
 
 Data = dict[str, Any]
 
@@ -34,7 +34,7 @@ def _num(n: object) -> str:
 
 
 def _mb(n: object) -> str:
-    return f"{int(n or 0) / 1e6:,.1f}"  # type: ignore[call-overload]
+    return size_text(int(n or 0))  # type: ignore[call-overload]
 
 
 def _dur(n: object) -> str:
@@ -60,7 +60,7 @@ def _mailbox_columns(kind: str) -> list[Column]:
         return [
             *head,
             ("source_messages", "Source msgs", "num", _num),
-            ("source_bytes", "Source MB", "num", _mb),
+            ("source_bytes", "Source size", "num", _mb),
             ("destination_messages", "Dest. msgs", "num", _num),
             ("at_destination", "At destination", "num", _num),
             ("skipped", "Skipped", "num", _num),
@@ -73,15 +73,15 @@ def _mailbox_columns(kind: str) -> list[Column]:
         *head,
         ("#folders", "Folders", "num", _num),
         ("source_messages", "Messages", "num", _num),
-        ("source_bytes", "MB", "num", _mb),
+        ("source_bytes", "Size", "num", _mb),
         ("already_there", "Already there", "num", _num),
         ("to_copy", "To copy", "num", _num),
-        ("bytes_to_copy", "MB to copy", "num", _mb),
+        ("bytes_to_copy", "Size to copy", "num", _mb),
     ]
     if kind == "run":
         cols += [
             ("copied", "Copied", "num", _num),
-            ("bytes_copied", "MB copied", "num", _mb),
+            ("bytes_copied", "Size copied", "num", _mb),
             ("skipped", "Skipped", "num", _num),
             ("failed", "Failed", "num", _num),
             ("seconds", "Duration", "num", _dur),
@@ -178,7 +178,7 @@ def bar_chart(title: str, items: Sequence[tuple[str, float, float, str, str]], u
         empty = '<p class="none">Nothing to draw.</p>'
         return f'<figure id="{esc(chart_id)}"><figcaption>{esc(title)}</figcaption>{empty}</figure>'
     shown = sorted(items, key=lambda x: -x[1])[:MAX_BARS]
-    width, label_w, value_w, row_h = 720, 170, 110, 20
+    width, label_w, value_w, row_h = 820, 170, 210, 20
     bar_w = width - label_w - value_w
     top = max(v for _, v, _, _, _ in shown) or 1.0
     height = row_h * len(shown) + 8
@@ -209,8 +209,8 @@ def _charts(data: Data) -> str:
     kind = data["kind"]
     charts = []
     if kind == "verify":
-        sizes = [(m["id"], float(m["source_bytes"]), 0.0, f"{_mb(m['source_bytes'])} MB", m["trouble"]) for m in mbs]
-        charts.append(bar_chart("Size at the source (MB)", sizes, "MB", "chart-sizes"))
+        sizes = [(m["id"], float(m["source_bytes"]), 0.0, _mb(m["source_bytes"]), m["trouble"]) for m in mbs]
+        charts.append(bar_chart("Size at the source", sizes, "size", "chart-sizes"))
         return "".join(charts)
     inner_key = "bytes_to_copy" if kind == "dry-run" else "bytes_copied"
     sizes = [
@@ -218,16 +218,16 @@ def _charts(data: Data) -> str:
             m["id"],
             float(m["source_bytes"]),
             float(m[inner_key]),
-            f"{_mb(m['source_bytes'])} MB ({_mb(m[inner_key])} {'to copy' if kind == 'dry-run' else 'copied'})",
+            f"{_mb(m['source_bytes'])} ({_mb(m[inner_key])} {'to copy' if kind == 'dry-run' else 'copied'})",
             m["trouble"],
         )
         for m in mbs
     ]
     charts.append(
         bar_chart(
-            "Size at the source (MB); the darker part " + ("is still to copy" if kind == "dry-run" else "was copied"),
+            "Size at the source; the darker part " + ("is still to copy" if kind == "dry-run" else "was copied"),
             sizes,
-            "MB",
+            "size",
             "chart-sizes",
         )
     )
@@ -247,20 +247,20 @@ def _cards(data: Data) -> str:
     ]
     if kind == "verify":
         cards += [
-            ("Source messages", _num(t.get("source_messages")), f"{_mb(t.get('source_bytes'))} MB"),
+            ("Source messages", _num(t.get("source_messages")), _mb(t.get("source_bytes"))),
             ("At destination", _num(t.get("at_destination")), ""),
             ("Skipped", _num(t.get("skipped")), "each with its reason"),
             ("Unaccounted", _num(t.get("unaccounted")), "must be 0"),
         ]
     else:
         cards += [
-            ("Messages", _num(t.get("listed")), f"{_mb(t.get('listed_bytes'))} MB at the source"),
+            ("Messages", _num(t.get("listed")), f"{_mb(t.get('listed_bytes'))} at the source"),
             ("Already there", _num(int(t.get("done", 0)) + int(t.get("matched", 0))), ""),
         ]
         if kind == "dry-run":
             est = data.get("estimate") or {}
             cards += [
-                ("To copy", _num(t.get("to_copy")), f"{_mb(t.get('bytes_to_copy'))} MB"),
+                ("To copy", _num(t.get("to_copy")), _mb(t.get("bytes_to_copy"))),
                 ("Skipped", _num(t.get("skipped")), "see the problems"),
                 (
                     "Estimated duration",
@@ -270,7 +270,7 @@ def _cards(data: Data) -> str:
             ]
         else:
             cards += [
-                ("Copied", _num(t.get("copied")), f"{_mb(t.get('bytes'))} MB"),
+                ("Copied", _num(t.get("copied")), _mb(t.get("bytes"))),
                 ("Skipped", _num(t.get("skipped")), ""),
                 ("Failed", _num(t.get("failed")), "messages"),
                 ("Duration", _dur(data.get("seconds")), ""),
@@ -293,13 +293,13 @@ def _cards(data: Data) -> str:
     return f'<div class="cards">{"".join(out)}</div>'
 
 
-def _info_rows(mb: Data) -> str:
+def _info_rows(mb: Data, kind: str) -> str:
     rows = [("Sources", ", ".join(mb.get("sources") or [])), ("Destination", mb.get("destination"))]
     if mb.get("error"):
         rows.append(("Error", f"{mb.get('error_kind')}: {mb['error']}"))
     if "estimated_seconds" in mb and mb.get("estimated_seconds") is not None:
         rows.append(("Estimated duration", _dur(mb["estimated_seconds"])))
-    if mb.get("seconds"):
+    if mb.get("seconds") and kind != "dry-run":
         rows.append(("Duration", _dur(mb["seconds"])))
     if mb.get("bytes_per_second"):
         rows.append(("Throughput", f"{_rate_mb(mb['bytes_per_second'])} MB/s, {mb.get('msgs_per_second')} msg/s"))
@@ -307,10 +307,10 @@ def _info_rows(mb: Data) -> str:
     if info.get("server_capabilities"):
         rows.append(("Destination capabilities", " ".join(info["server_capabilities"])))
     if info.get("max_message_bytes"):
-        rows.append(("Destination size limit", f"{_num(info['max_message_bytes'])} bytes"))
+        rows.append(("Destination size limit", f"{_num(info['max_message_bytes'])} bytes per message"))
     q = info.get("quota")
     if q and q.get("storage_limit"):
-        rows.append(("Destination quota", f"{_mb(q.get('storage_used'))} MB used of {_mb(q['storage_limit'])} MB"))
+        rows.append(("Destination quota", f"{_mb(q.get('storage_used'))} used of {_mb(q['storage_limit'])}"))
     return "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
 
 
@@ -334,7 +334,7 @@ def _folder_table(mb: Data, kind: str, i: int) -> str:
             ("source", "Source folder", "text"),
             ("destination", "Destination folder", "text"),
             ("listed", "Messages", "num"),
-            ("source_bytes", "MB", "num"),
+            ("source_bytes", "Size", "num"),
             ("already_there", "Already there", "num"),
             ("to_copy", "To copy", "num"),
             ("copied", "Copied", "num"),
@@ -381,7 +381,7 @@ def _details(data: Data) -> str:
         parts = [
             f'<details id="mb-{i}"{open_attr}><summary><span class="badge {esc(mb["trouble"])}">'
             f"{esc(mb['trouble'])}</span> <b>{esc(mb['id'])}</b> — {esc(mb['status'])}</summary>",
-            f"<table class='info'>{_info_rows(mb)}</table>",
+            f"<table class='info'>{_info_rows(mb, kind)}</table>",
             _folder_table(mb, kind, i),
         ]
         if mb["problems"]:
@@ -442,7 +442,8 @@ min-width:130px;background:#fff}
 .card .value{font-size:20px;font-weight:600}.card.bad .value{color:var(--bad)}.card.warn .value{color:var(--warn)}
 table{border-collapse:collapse;margin:4px 0 10px}
 th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
-table.sortable th{cursor:pointer;user-select:none;white-space:nowrap;background:var(--bg)}
+table.sortable th{cursor:pointer;user-select:none;background:var(--bg)}
+section{overflow-x:auto}
 table.sortable th::after{content:" \\2195";color:#98a2b3}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2";color:#101828}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC";color:#101828}

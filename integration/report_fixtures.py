@@ -1,4 +1,6 @@
-"""A private Dovecot with the quota plugin, for report and verify tests.
+"""Fixtures of the report and verify tests: a Dovecot with quota, small test messages.
+
+``QuotaDovecot`` is a private Dovecot with the quota plugin.
 
 On top of ``DovecotServer`` (same ports handling, layouts, users):
 
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from integration.corpus import CorpusMessage
 from integration.dovecot import DovecotServer, Layout
 
 
@@ -89,3 +93,40 @@ plugin {{
 def state_files(path: Path) -> dict[str, bytes]:
     """The state DB and its WAL/SHM companions, by name, for before/after comparisons."""
     return {p.name: p.read_bytes() for p in path.parent.glob(path.name + "*") if p.is_file()}
+
+
+def make_message(tag: str, i: int, size: int = 3000, *, mid: bool = True) -> bytes:
+    """A plain CRLF message of about ``size`` bytes, unique per (tag, i); its
+    Message-ID (when ``mid``) is ``<tag.i@example.org>``."""
+    head = [
+        f"From: Sender {i} <s{i}@example.org>",
+        "To: team@example.net",
+        f"Subject: {tag} message {i}",
+        f"Date: Mon, 01 Jan 2024 10:{i % 60:02d}:00 +0000",
+    ]
+    if mid:
+        head.append(f"Message-ID: <{tag}.{i}@example.org>")
+    head.append("Content-Type: text/plain; charset=us-ascii")
+    header = "\r\n".join(head) + "\r\n\r\n"
+    line = f"{tag} {i}: the quick brown fox jumps over the lazy dog 0123456789\r\n"
+    return (header + line * max(1, (size - len(header)) // len(line))).encode("ascii")
+
+
+FOLDER_CYCLE = (("INBOX",), ("INBOX",), ("Sent",), ("Archive",))
+
+
+def small_corpus(
+    tag: str, n: int, big: frozenset[int] | set[int] = frozenset(), big_size: int = 180_000
+) -> list[CorpusMessage]:
+    """``n`` messages over INBOX, INBOX, Sent, Archive (message i in FOLDER_CYCLE[i % 4]),
+    2-5 KB each except the indexes in ``big`` (``big_size`` bytes); odd ones \\Seen."""
+    base = datetime(2023, 5, 1, 12, 0, tzinfo=UTC)
+    return [
+        CorpusMessage(
+            FOLDER_CYCLE[i % len(FOLDER_CYCLE)],
+            frozenset({"\\Seen"} if i % 2 else set()),
+            base + timedelta(hours=i),
+            make_message(tag, i, big_size if i in big else 2000 + 97 * i),
+        )
+        for i in range(n)
+    ]
