@@ -58,6 +58,16 @@ MetricsFile = Annotated[
     Path | None, typer.Option("--metrics-file", help="Write Prometheus textfile metrics here at the end.")
 ]
 LogJson = Annotated[Path | None, typer.Option("--log-json", help="Also log events as JSON lines to this file.")]
+MaxConnections = Annotated[
+    int | None,
+    typer.Option("--max-connections", min=1, help="Connections per server at most, across all mailboxes."),
+]
+BwLimit = Annotated[
+    str | None, typer.Option("--bwlimit", help="Bytes per second at most, e.g. 20MB or 5MiB (message bytes sent).")
+]
+MaxRate = Annotated[
+    float | None, typer.Option("--max-messages-per-second", min=0.001, help="Messages per second at most.")
+]
 Parallel = Annotated[
     int | None, typer.Option("--parallel", min=1, help="Mailboxes copied at the same time (default: the plan's).")
 ]
@@ -119,6 +129,25 @@ class Execution:
     metrics_file: Path | None = None  # Prometheus textfile
     plan_name: str = ""
     throughput: Throughput | None = None  # dry runs: the estimate's speed (else measured)
+    max_connections: int | None = None
+    bytes_per_second: float | None = None
+    messages_per_second: float | None = None
+
+
+def _rate(bwlimit: str | None) -> float | None:
+    if bwlimit is None:
+        return None
+    from migrator.plan import parse_size
+
+    try:
+        value = parse_size(bwlimit)
+    except ValueError as exc:
+        _err(f"--bwlimit: {exc}")
+        raise typer.Exit(int(ExitCode.CONFIG)) from None
+    if value <= 0:
+        _err("--bwlimit: must be more than 0")
+        raise typer.Exit(int(ExitCode.CONFIG))
+    return float(value)
 
 
 def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
@@ -142,7 +171,13 @@ def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
         _err(str(exc))
         raise typer.Exit(int(ExitCode.LOCKED)) from None
     options = RunOptions(
-        dry_run=ex.dry_run, parallel_mailboxes=ex.parallel, command=ex.command, force_delete=ex.force_delete
+        dry_run=ex.dry_run,
+        parallel_mailboxes=ex.parallel,
+        command=ex.command,
+        force_delete=ex.force_delete,
+        max_connections=ex.max_connections,
+        bytes_per_second=ex.bytes_per_second,
+        messages_per_second=ex.messages_per_second,
     )
     try:
         state = State.open(state_path, readonly=ex.dry_run)
@@ -268,6 +303,9 @@ def run(
         typer.Option("--weights", help="With --shard: balance by the bytes in this (dry-run) JSON report."),
     ] = None,
     force_delete: ForceDelete = False,
+    max_connections: MaxConnections = None,
+    bwlimit: BwLimit = None,
+    max_messages_per_second: MaxRate = None,
     report: Report = None,
     metrics_file: MetricsFile = None,
     log_json: LogJson = None,
@@ -303,6 +341,9 @@ def run(
         log_json=log_json,
         metrics_file=metrics_file,
         plan_name=p.name,
+        max_connections=max_connections,
+        bytes_per_second=_rate(bwlimit),
+        messages_per_second=max_messages_per_second,
     )
     _execute(jobs, state_path, ex)
 
@@ -387,6 +428,9 @@ def copy(
     ] = "keep",
     delete: Annotated[bool, typer.Option("--delete", help="Mirror: propagate deletions too.")] = False,
     force_delete: ForceDelete = False,
+    max_connections: MaxConnections = None,
+    bwlimit: BwLimit = None,
+    max_messages_per_second: MaxRate = None,
     report: Report = None,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -425,6 +469,9 @@ def copy(
         force_delete=force_delete,
         reports=tuple(report or ()),
         plan_name="copy",
+        max_connections=max_connections,
+        bytes_per_second=_rate(bwlimit),
+        messages_per_second=max_messages_per_second,
     )
     _execute([job], path, ex)
 

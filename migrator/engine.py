@@ -15,6 +15,7 @@ error, reconnect and sync the folder again; the checkpoints make it resume.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,11 +40,22 @@ from migrator.errors import (
 from migrator.folders import FolderMap, FolderPlan, join, map_folders
 from migrator.march import hash_candidates, march, match_existing
 from migrator.model import SEEN, Account, FolderInfo, FolderPath, MailboxJob, MessageMeta
+from migrator.ratelimit import AdaptiveLimit, Budgets, ByteBudget, Limits
 from migrator.state import FolderRef, State
 from migrator.stats import FolderStats, RunStats
 from migrator.transfer import DryRunDestination, FolderCopy, content_hash, preview_adaptations
 
 log = logging.getLogger("migrator")
+
+DEFAULT_MAX_CONNECTIONS = 8  # per endpoint, across all mailboxes of a run
+
+
+def link_success(link: Link) -> Callable[[], None]:
+    def ok() -> None:
+        for limit in link._slots:
+            limit.succeeded()
+
+    return ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,10 @@ class RunOptions:
     command: str = "run"
     max_wait: float = 30.0  # seconds between retries at most
     force_delete: bool = False  # mirror: override the deletion guard for this run
+    max_connections: int | None = None  # per endpoint, across all mailboxes (None: the endpoint's or 8)
+    bytes_per_second: float | None = None  # --bwlimit
+    messages_per_second: float | None = None  # --max-messages-per-second
+    max_bytes_in_flight: int = 64 * 1024 * 1024  # message bytes held in memory at once, all workers
 
 
 class DeletionRefused(MigratorError):
@@ -70,47 +86,64 @@ def _wait(options: RunOptions) -> Callable[[RetryCallState], float]:
     return wait
 
 
-class MailboxRun:
-    """One mailbox job: its destination connection, one source connection at a time."""
+def endpoint_key(account: Account) -> str:
+    """What a connection budget is counted against: the server, or the local path."""
+    if account.host:
+        return f"{account.type}://{account.host}:{account.port}"
+    return f"{account.type}:{account.path}"
 
-    def __init__(
-        self, job: MailboxJob, state: State, stats: RunStats, run_id: int, options: RunOptions, cancel: threading.Event
-    ):
-        self.job = job
-        self.state = state
-        self.stats = stats
-        self.run_id = run_id
-        self.options = options
-        self.cancel = cancel
-        self.account: Account = job.source  # the source being worked on
+
+@dataclass(slots=True)
+class Shared:
+    """What every mailbox of a run shares: connection budgets, rate limits, memory."""
+
+    budgets: Budgets
+    limits: Limits
+    memory: ByteBudget
+
+
+class Link:
+    """One worker's connections: a source and a destination store, each holding a slot
+    of its endpoint's connection budget while open."""
+
+    def __init__(self, run: MailboxRun, account: Account):
+        self.run = run
+        self.account = account
         self.src: Source | None = None
         self.dst: Destination | None = None
-        self.folder_errors: list[str] = []
-        self.guard_errors: list[str] = []
+        self._slots: list[AdaptiveLimit] = []
 
-    # ------------------------------------------------------------------ connections
-    def _retrying(self) -> Retrying:
-        return Retrying(
-            retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(self.job.options.retries + 1),
-            wait=_wait(self.options),
-            before_sleep=self._before_retry,
-            reraise=True,
-        )
-
-    def _before_retry(self, rs: RetryCallState) -> None:
-        exc = rs.outcome.exception() if rs.outcome else None
-        log.warning("%s: %s; reconnecting (attempt %d)", self.job.id, exc, rs.attempt_number + 1)
-        self.disconnect()
+    def _reserve(self) -> None:
+        """Take the connection slots of both sides at once, endpoints in a fixed order."""
+        if self._slots:
+            return
+        budgets = self.run.shared.budgets
+        need: dict[str, int] = {}
+        maxima: dict[str, int | None] = {}
+        for account in (self.account, self.run.job.destination):
+            key = endpoint_key(account)
+            need[key] = need.get(key, 0) + 1
+            maxima[key] = account.options.get("max_connections")
+        for key in sorted(need):
+            limit = budgets.for_key(key, maxima[key])
+            limit.acquire(self.run.cancel, need[key])
+            self._slots.extend([limit] * need[key])
 
     def connect(self) -> tuple[Source, Destination]:
+        self._reserve()
         if self.src is None:
             self.src = open_store(self.account, "source")
         if self.dst is None:
-            dst = open_store(self.job.destination, "destination")
-            self.dst = DryRunDestination(dst) if self.options.dry_run else dst  # type: ignore[assignment]
+            dst = open_store(self.run.job.destination, "destination")
+            self.dst = DryRunDestination(dst) if self.run.options.dry_run else dst  # type: ignore[assignment]
         assert self.dst is not None
         return self.src, self.dst
+
+    def close_source(self) -> None:
+        """Log out of the source (POP3: QUIT, when its deletions take effect)."""
+        if self.src is not None:
+            src, self.src = self.src, None
+            src.close()
 
     def disconnect(self) -> None:
         for store in (self.src, self.dst):
@@ -120,9 +153,59 @@ class MailboxRun:
                 except Exception:  # closing a broken connection may fail; nothing to save
                     log.debug("close failed", exc_info=True)
         self.src = self.dst = None
+        for limit in self._slots:
+            limit.release()
+        self._slots.clear()
 
-    def _retry(self, fn: Callable[[], Any]) -> Any:
-        for attempt in self._retrying():
+    def throttled(self) -> None:
+        for limit in self._slots:
+            limit.throttled()
+
+
+class MailboxRun:
+    """One mailbox job: its sources in order, each synced by one or more workers."""
+
+    def __init__(
+        self,
+        job: MailboxJob,
+        state: State,
+        stats: RunStats,
+        run_id: int,
+        options: RunOptions,
+        cancel: threading.Event,
+        shared: Shared,
+    ):
+        self.job = job
+        self.state = state
+        self.stats = stats
+        self.run_id = run_id
+        self.options = options
+        self.cancel = cancel
+        self.shared = shared
+        self.account: Account = job.source  # the source being worked on
+        self.folder_errors: list[str] = []
+        self.guard_errors: list[str] = []
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ retries
+    def _retrying(self, link: Link) -> Retrying:
+        def before_sleep(rs: RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            log.warning("%s: %s; reconnecting (attempt %d)", self.job.id, exc, rs.attempt_number + 1)
+            if getattr(exc, "backoff_seconds", None):
+                link.throttled()  # the server asked us to slow down: fewer connections to it
+            link.disconnect()
+
+        return Retrying(
+            retry=retry_if_exception(is_retryable),
+            stop=stop_after_attempt(self.job.options.retries + 1),
+            wait=_wait(self.options),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def _retry(self, link: Link, fn: Callable[[], Any]) -> Any:
+        for attempt in self._retrying(link):
             with attempt:
                 return fn()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -135,7 +218,6 @@ class MailboxRun:
             for account in self.job.sources:
                 self.account = account
                 self.sync_source(account)
-                self._close_source()
             problems = self.folder_errors + self.guard_errors
             if problems:
                 self.stats.finish(jid, "failed", "; ".join(problems), "guard" if self.guard_errors else "folder")
@@ -161,14 +243,6 @@ class MailboxRun:
         except Exception as exc:  # a bug or an unexpected server answer: this mailbox fails, others go on
             log.exception("%s: unexpected error", jid)
             self._fail("error", exc)
-        finally:
-            self.disconnect()
-
-    def _close_source(self) -> None:
-        """Log out of the source (POP3: QUIT, when its deletions take effect)."""
-        if self.src is not None:
-            src, self.src = self.src, None
-            src.close()
 
     def _fail(self, kind: str, exc: BaseException) -> None:
         msg = str(exc) or type(exc).__name__
@@ -176,9 +250,9 @@ class MailboxRun:
         self.state.add_error(self.run_id, self.job.id, None, None, kind, msg)
         log.error("%s: %s", self.job.id, msg)
 
-    def _mapping(self) -> FolderPlan:
+    def _mapping(self, link: Link) -> FolderPlan:
         def listing() -> FolderPlan:
-            src, dst = self.connect()
+            src, dst = link.connect()
             src_folders = src.list_folders()
             dst_folders = dst.list_folders()
             if not src.capabilities.folders:  # POP3: one folder, into the configured one
@@ -186,31 +260,79 @@ class MailboxRun:
                 return FolderPlan(maps=[FolderMap(f, target) for f in src_folders if f.selectable])
             return map_folders(src_folders, dst_folders, self.job.options.folders, dst.capabilities)
 
-        result: FolderPlan = self._retry(listing)
+        result: FolderPlan = self._retry(link, listing)
         return result
 
     def sync_source(self, account: Account) -> None:
+        """Sync every folder of one source: the first worker lists and maps the
+        folders, then up to ``folder_workers`` workers (each with its own pair of
+        connections) take folders from a shared queue, biggest work first."""
         jid, label = self.job.id, account.describe()
-        plan = self._mapping()
-        for ex in plan.excluded:
-            self.stats.excluded(jid, ex.source.path, ex.reason)
-        for fm in plan.maps:
-            if self.cancel.is_set():
-                raise KeyboardInterrupt
-            try:
-                self._retry(lambda fm=fm: self.sync_folder(fm, label))
-            except (FolderError, DeletionRefused) as exc:
+        first = Link(self, account)
+        try:
+            plan = self._mapping(first)
+            for ex in plan.excluded:
+                self.stats.excluded(jid, ex.source.path, ex.reason)
+            assert first.src is not None
+            can_parallel = first.src.capabilities.folders
+            workers = max(1, min(self.job.options.folder_workers if can_parallel else 1, len(plan.maps)))
+            todo: queue.SimpleQueue[FolderMap] = queue.SimpleQueue()
+            for fm in plan.maps:
+                todo.put(fm)
+            stop = threading.Event()
+            fatal: list[BaseException] = []
+
+            def work(link: Link) -> None:
+                try:
+                    while not stop.is_set():
+                        if self.cancel.is_set():
+                            raise KeyboardInterrupt
+                        try:
+                            fm = todo.get_nowait()
+                        except queue.Empty:
+                            return
+                        self._sync_one(link, fm, label)
+                except BaseException as exc:  # fatal for the mailbox: stop the other workers
+                    stop.set()
+                    with self._lock:
+                        fatal.append(exc)
+                finally:
+                    # never wait for other workers while holding connection slots: they may need them
+                    link.disconnect()
+
+            threads = [
+                threading.Thread(target=work, args=(Link(self, account),), name=f"{jid}-folders-{i}", daemon=True)
+                for i in range(1, workers)
+            ]
+            for t in threads:
+                t.start()
+            work(first)
+            for t in threads:
+                t.join()
+            if fatal:
+                interrupts = [e for e in fatal if isinstance(e, KeyboardInterrupt)]
+                raise interrupts[0] if interrupts else fatal[0]
+            if self.job.options.mode == "mirror" and self.job.options.delete:
+                mapped = {fm.source.path for fm in plan.maps} | {path for path, _ in plan_excluded(plan)}
+                try:
+                    self._retry(first, lambda: self._mirror_deleted_folders(first, label, mapped, plan))
+                except DeletionRefused as exc:
+                    self.guard_errors.append(str(exc))
+                    self.state.add_error(self.run_id, jid, None, None, "guard", str(exc))
+            first.close_source()
+        finally:
+            first.disconnect()
+
+    def _sync_one(self, link: Link, fm: FolderMap, label: str) -> None:
+        jid = self.job.id
+        try:
+            self._retry(link, lambda: self.sync_folder(link, fm, label))
+        except (FolderError, DeletionRefused) as exc:
+            with self._lock:
                 target = self.guard_errors if isinstance(exc, DeletionRefused) else self.folder_errors
                 target.append(f"{join(fm.source.path)}: {exc}")
-                self.state.add_error(self.run_id, jid, fm.source.path, None, "folder", str(exc))
-                log.error("%s: folder %s: %s", jid, join(fm.source.path), exc)
-        if self.job.options.mode == "mirror" and self.job.options.delete:
-            mapped = {fm.source.path for fm in plan.maps} | {path for path, _ in plan_excluded(plan)}
-            try:
-                self._retry(lambda: self._mirror_deleted_folders(label, mapped, plan))
-            except DeletionRefused as exc:
-                self.guard_errors.append(str(exc))
-                self.state.add_error(self.run_id, jid, None, None, "guard", str(exc))
+            self.state.add_error(self.run_id, jid, fm.source.path, None, "folder", str(exc))
+            log.error("%s: folder %s: %s", jid, join(fm.source.path), exc)
 
     # ------------------------------------------------------------------ one folder
     def _pages(self, src: Source, folder: FolderInfo, cursor: str | None) -> Iterator[ListingPage]:
@@ -219,8 +341,8 @@ class MailboxRun:
         else:
             yield ListingPage(src.list_messages(folder), cursor=None, complete=True)
 
-    def sync_folder(self, fm: FolderMap, label: str) -> None:
-        src, dst = self.connect()
+    def sync_folder(self, link: Link, fm: FolderMap, label: str) -> None:
+        src, dst = link.connect()
         jid, state, opts = self.job.id, self.state, self.job.options
         src_folder = fm.source
         ref = FolderRef(jid, label, src_folder.path, src_folder.validity, fm.dest_path)
@@ -289,6 +411,9 @@ class MailboxRun:
                     cancel=self.cancel,
                     extra_flags=extra,
                     on_changed=lambda meta, note: self._changed(fstats, src_folder, meta, note),
+                    limits=self.shared.limits,
+                    memory=self.shared.memory,
+                    on_batch=link_success(link),
                 ).run(todo)
             elif self.options.dry_run and todo and dst.capabilities.adapts_messages:
                 preview_adaptations(
@@ -309,7 +434,7 @@ class MailboxRun:
             gone = vanished if not complete else [i for i in done_rows if i not in listed_ids]
             self._mirror_deletions(dst, dst_folder, ref, fstats, gone, len(done_rows))
         if opts.mode == "move" or opts.after_copy == "delete":
-            self._delete_at_source(src, src_folder, ref, fstats)
+            self._delete_at_source(link, src, src_folder, ref, fstats)
 
     # ------------------------------------------------------------------ matching
     def _match_destination(
@@ -395,8 +520,8 @@ class MailboxRun:
         self.state.forget_messages(ref, gone)
         self.stats.add(ref.job, fstats, deleted=len(dst_ids))
 
-    def _mirror_deleted_folders(self, label: str, mapped: set[FolderPath], plan: FolderPlan) -> None:
-        _, dst = self.connect()
+    def _mirror_deleted_folders(self, link: Link, label: str, mapped: set[FolderPath], plan: FolderPlan) -> None:
+        _, dst = link.connect()
         known = self.state.known_folders(self.job.id, label)
         gone = [(s, d) for s, d in known if s not in mapped]
         if not gone:
@@ -412,7 +537,9 @@ class MailboxRun:
                 dst.delete_folder(d)  # type: ignore[attr-defined]
             self.state.forget_folder(FolderRef(self.job.id, label, s, None, d))
 
-    def _delete_at_source(self, src: Source, folder: FolderInfo, ref: FolderRef, fstats: FolderStats) -> None:
+    def _delete_at_source(
+        self, link: Link, src: Source, folder: FolderInfo, ref: FolderRef, fstats: FolderStats
+    ) -> None:
         """Delete at the source exactly the messages whose copy is confirmed and checkpointed."""
         if not src.capabilities.can_delete:
             raise FolderError(f"{self.account.describe()} cannot delete messages (mode move / after_copy: delete)")
@@ -426,7 +553,7 @@ class MailboxRun:
         if src.capabilities.folders:  # IMAP/Maildir: done now. POP3: at QUIT, recorded then
             self.state.mark_source_deleted(ref, [m.id for m in victims])
         else:
-            self._close_source()  # QUIT: the deletions take effect now, or not at all
+            link.close_source()  # QUIT: the deletions take effect now, or not at all
             self.state.mark_source_deleted(ref, [m.id for m in victims])
         self.stats.add(ref.job, fstats, source_deleted=len(victims))
 
@@ -463,9 +590,17 @@ class Engine:
         self.stats = stats
         self.options = options
         self.cancel = threading.Event()
+        self.shared = Shared(
+            budgets=Budgets(options.max_connections or DEFAULT_MAX_CONNECTIONS, {}),
+            limits=Limits(options.bytes_per_second, options.messages_per_second),
+            memory=ByteBudget(options.max_bytes_in_flight),
+        )
+        if options.max_connections:  # the command line wins over every endpoint's own cap
+            self.shared.budgets.overrides = {endpoint_key(a): options.max_connections for j in jobs
+                                             for a in (*j.sources, j.destination)}  # fmt: skip
 
     def _mailbox(self, job: MailboxJob, run_id: int) -> MailboxRun:
-        return MailboxRun(job, self.state, self.stats, run_id, self.options, self.cancel)
+        return MailboxRun(job, self.state, self.stats, run_id, self.options, self.cancel, self.shared)
 
     def run(self) -> RunStats:
         run_id = self.state.start_run(self.options.command, self.options.dry_run)

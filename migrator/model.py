@@ -250,6 +250,7 @@ class Options:
     batch_bytes: int = 4 * 1024 * 1024  # FETCH/APPEND batches are cut at this many bytes
     batch_messages: int = 500  # ... or at this many messages
     retries: int = 5  # reconnect-and-resume attempts per folder on retryable errors
+    folder_workers: int = 2  # folders of one mailbox synced at once, each with its own connections
     mode: Literal["copy", "mirror", "move"] = "copy"
     # after a confirmed copy: "keep" the source message, or "delete" it (POP3 hosting
     # moves; the same as mode "move" for sources that can delete)

@@ -286,6 +286,7 @@ class _Options(BaseModel):
     batch_bytes: Size = Field(default=_OPT.batch_bytes, ge=1)
     batch_messages: int = Field(default=_OPT.batch_messages, ge=1, le=1_000_000)
     retries: int = Field(default=_OPT.retries, ge=0, le=1000)
+    folder_workers: int = Field(default=_OPT.folder_workers, ge=1, le=64)
     mode: Literal["copy", "mirror", "move"] = "copy"
     after_copy: Literal["keep", "delete"] = "keep"
     delete: bool = False
@@ -971,6 +972,7 @@ def _options(defaults: _Options | None, own: _Options | None) -> Options:
         batch_bytes=opts.batch_bytes,
         batch_messages=opts.batch_messages,
         retries=opts.retries,
+        folder_workers=opts.folder_workers,
         mode=opts.mode,
         after_copy=opts.after_copy,
         delete=opts.delete,

@@ -17,6 +17,7 @@ from migrator.connectors.base import Destination, Source
 from migrator.errors import MessageError
 from migrator.march import batches
 from migrator.model import Capabilities, FolderInfo, FolderPath, MessageMeta
+from migrator.ratelimit import ByteBudget, Limits
 from migrator.state import FolderRef, State
 
 
@@ -126,9 +127,14 @@ class FolderCopy:
     # a message the destination had to change to accept it (capabilities.adapts_messages:
     # e.g. long lines re-encoded for Exchange Online), with what changed
     on_changed: Callable[[MessageMeta, str], None] | None = None
+    limits: Limits | None = None  # --bwlimit / --max-messages-per-second
+    memory: ByteBudget | None = None  # cap on message bytes in memory across all workers
+    on_batch: Callable[[], None] | None = None  # a batch was confirmed (grows the connection budget)
 
-    def _fetch_batches(self, todo: Sequence[MessageMeta]) -> Iterator[list[tuple[MessageMeta, bytes]]]:
+    def _fetch_batches(self, todo: Sequence[MessageMeta]) -> Iterator[tuple[list[tuple[MessageMeta, bytes]], int]]:
+        """Fetched batches, each with the memory it reserved (released after its append)."""
         for batch in batches(todo, self.batch_bytes, self.batch_messages):
+            reserved = self.memory.acquire(sum(m.size for m in batch), self.cancel) if self.memory else 0
             by_id = {m.id: m for m in batch}
             got: list[tuple[MessageMeta, bytes]] = []
             for fresh, raw in self.src.fetch(self.src_folder, batch):
@@ -149,7 +155,9 @@ class FolderCopy:
             for gone in by_id.values():
                 self.on_vanished(gone)
             if got:
-                yield got
+                yield got, reserved
+            elif self.memory:
+                self.memory.release(reserved)
 
     def run(self, todo: Sequence[MessageMeta]) -> None:
         """Copy ``todo``. Fetching runs one batch ahead of appending, in a thread, with
@@ -157,7 +165,7 @@ class FolderCopy:
         QuotaError, ...); per-message refusals are recorded and the copy goes on."""
         if not todo:
             return
-        q: queue.Queue[list[tuple[MessageMeta, bytes]] | BaseException | None] = queue.Queue(maxsize=1)
+        q: queue.Queue[tuple[list[tuple[MessageMeta, bytes]], int] | BaseException | None] = queue.Queue(maxsize=1)
         stop = threading.Event()
 
         def produce() -> None:
@@ -184,14 +192,25 @@ class FolderCopy:
                     break
                 if isinstance(got, BaseException):
                     raise got
-                if self.cancel is not None and self.cancel.is_set():
-                    raise KeyboardInterrupt
-                self._append(adapt_items(self.dst, got, self.on_changed))
+                items, reserved = got
+                try:
+                    if self.cancel is not None and self.cancel.is_set():
+                        raise KeyboardInterrupt
+                    if self.limits is not None:
+                        self.limits.take(len(items), sum(len(raw) for _, raw in items))
+                    self._append(adapt_items(self.dst, items, self.on_changed))
+                    if self.on_batch is not None:
+                        self.on_batch()
+                finally:
+                    if self.memory:
+                        self.memory.release(reserved)
         finally:
             stop.set()
-            while producer.is_alive():
+            while producer.is_alive() or not q.empty():
                 try:
-                    q.get_nowait()
+                    left = q.get_nowait()
+                    if isinstance(left, tuple) and self.memory:
+                        self.memory.release(left[1])
                 except queue.Empty:
                     producer.join(timeout=0.1)
 
