@@ -9,16 +9,25 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import json
 import os
+import random
+import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from integration.corpus import FOLDERS, CorpusMessage, generate, load_maildir
 from integration.dovecot import DovecotServer, make_certificate
 from integration.exoproxy import ExoProxy, ExoRules
+from integration.snapshot import diff_snapshots, snapshot_imap
 from integration.tokenserver import TokenServer
 from migrator.auth import IMAP_SCOPE
 from migrator.connectors.base import open_store
@@ -337,3 +346,280 @@ def test_oversized_append_is_refused(exo: Exo) -> None:
             store.append(inbox, [(meta(1, big), big)])
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------- end to end
+RUN_COUNT = 1000
+BACKOFF_MS = 4000  # 5 throttles x 4 s: the run outlives the 20-second tokens
+SRC_PW = "Src-Pass-77x!q"
+
+
+def special_messages() -> list[CorpusMessage]:
+    """Messages Exchange Online's rules act on, in folders of their own."""
+    when = datetime(2021, 5, 4, 10, 30, tzinfo=UTC)
+
+    def mail(n: int, body: bytes, headers: bytes = b"", ctype: bytes = b"text/plain; charset=utf-8") -> bytes:
+        return (
+            f"From: s@example.test\r\nTo: r@example.test\r\nSubject: special {n}\r\n"
+            f"Message-ID: <special{n}@example.test>\r\nMIME-Version: 1.0\r\n".encode()
+            + headers
+            + b"Content-Type: "
+            + ctype
+            + b"\r\n\r\n"
+            + body
+        )
+
+    big = base64.encodebytes(random.Random(3).randbytes(340_000)).replace(b"\n", b"\r\n")
+    html = b"<html><body>" + "Grüße aus Köln. ".encode() * 1500 + b"</body></html>\r\n"
+    one_line_b64 = base64.b64encode(random.Random(4).randbytes(30_000)) + b"\r\n"
+    long_plain = b"A" + b" long line of words" * 800 + b"\r\n"
+    specials = ("Specials",)
+    return [
+        CorpusMessage(
+            specials,
+            frozenset({"\\Seen"}),
+            when,
+            mail(1, big, ctype=b"application/octet-stream", headers=b"Content-Transfer-Encoding: base64\r\n"),
+        ),
+        CorpusMessage(
+            specials,
+            frozenset(),
+            when,
+            mail(
+                2,
+                big + big[:100_000],
+                ctype=b"application/octet-stream",
+                headers=b"Content-Transfer-Encoding: base64\r\n",
+            ),
+        ),
+        CorpusMessage(
+            specials,
+            frozenset({"\\Seen"}),
+            when,
+            mail(3, html, b"Content-Transfer-Encoding: 8bit\r\n", b"text/html; charset=utf-8"),
+        ),
+        CorpusMessage(
+            specials,
+            frozenset({"\\Flagged"}),
+            when,
+            mail(4, one_line_b64, b"Content-Transfer-Encoding: base64\r\n", b"application/pdf"),
+        ),
+        CorpusMessage(specials, frozenset(), when, mail(5, long_plain)),
+        CorpusMessage(
+            specials,
+            frozenset(),
+            when,
+            mail(6, b"please confirm\r\n", b"Disposition-Notification-To: s@example.test\r\n"),
+        ),
+        CorpusMessage(("Calendar",), frozenset({"\\Seen"}), when, mail(7, b"a mail folder called Calendar\r\n")),
+    ]
+
+
+def migrator_cli(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "migrator", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
+
+
+def test_run_to_exchange_online_with_expiring_tokens_and_throttling(exo: Exo, tmp_path: Path) -> None:
+    src_name = f"exosrc{os.getpid()}"
+    exo.dovecot.add_user(src_name, SRC_PW)
+    corpus = list(generate(RUN_COUNT, seed=11, max_attachment=150_000))
+    specials = special_messages()
+    load_maildir(
+        corpus + specials,
+        exo.dovecot.maildir(src_name),
+        uid=exo.dovecot.mail_uid,
+        gid=exo.dovecot.mail_gid,
+        folders=[*FOLDERS, ("Specials",), ("Calendar",)],
+    )
+    exo.dovecot.force_resync(src_name)
+    dst_user = exo.new_user()
+    proxy = exo.proxy(throttle_every=200, backoff_ms=BACKOFF_MS, max_message_bytes=400_000)
+    plan = tmp_path / "exo.yaml"
+    plan.write_text(
+        f"""version: 1
+name: exo
+state: exo.db
+endpoints:
+  old: {{type: imap, host: 127.0.0.1, port: {exo.dovecot.imap_port}, security: none}}
+  exo:
+    type: exchange-online
+    host: 127.0.0.1
+    port: {proxy.port}
+    ca_file: {exo.cert}
+    max_message_size: 400000
+    oauth:
+      flow: client_credentials
+      tenant: {TENANT}
+      client_id: {CLIENT_ID}
+      client_secret_env: EXO_CLIENT_SECRET
+      authority: {exo.tokens.authority(TENANT)}
+      validate_authority: false
+source: old
+destination: exo
+mailboxes_csv: users.csv
+""",
+        encoding="utf-8",
+    )
+    (tmp_path / "users.csv").write_text(f"EmailAddress,UserName,Password\n{dst_user},{src_name},{SRC_PW}\n")
+    env = {"EXO_CLIENT_SECRET": CLIENT_SECRET, "REQUESTS_CA_BUNDLE": str(exo.cert)}
+    uid_to_mid = folder_mids(exo, src_name, SRC_PW, "Specials")
+    oversized = {"<special1@example.test>", "<special2@example.test>"}
+    reencoded = {"<special3@example.test>", "<special4@example.test>", "<special5@example.test>"}
+
+    # 1. the dry run reports, before anything is written, what will be skipped or changed
+    dry = migrator_cli("run", str(plan), "--dry-run", "--report", str(tmp_path / "dry.json"), env=env)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    dry_report = json.loads((tmp_path / "dry.json").read_text())
+    assert proxy.events and not [e for e in proxy.events if e.kind == "append"]
+    assert mids_of(dry_report, "skipped", "over the destination's limit of 400000", uid_to_mid) == oversized
+    assert notes_of(dry_report, "re-encoded") == reencoded
+
+    # 2. the run: 20-second tokens, a throttling answer every 200 APPENDs
+    started = time.time()
+    run = migrator_cli(
+        "run", str(plan), "--report", str(tmp_path / "run.json"), "--log-json", str(tmp_path / "log.jsonl"), env=env
+    )
+    took = time.time() - started
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((tmp_path / "run.json").read_text())
+    totals = report["totals"]
+    assert (totals["copied"], totals["failed"], totals["skipped"]) == (RUN_COUNT + 5, 0, 2)
+    assert mids_of(report, "skipped", "over the destination's limit", uid_to_mid) == oversized
+    assert notes_of(report, "re-encoded") == reencoded
+    assert report["mailboxes"][0]["status"] == "ok"
+    with sqlite3.connect(tmp_path / "exo.db") as db:
+        assert db.execute("select count(*) from errors").fetchone()[0] == 0
+
+    # every message arrived once: the corpus folders are identical to the source
+    src_snap = snapshot_imap(exo.dovecot.host, exo.dovecot.imap_port, src_name, SRC_PW)
+    dst_snap = snapshot_imap(exo.dovecot.host, exo.dovecot.imap_port, dst_user.split("@")[0], "pw")
+    corpus_folders = set(FOLDERS)
+    assert (
+        diff_snapshots(
+            {f: v for f, v in src_snap.items() if f in corpus_folders},
+            {f: v for f, v in dst_snap.items() if f in corpus_folders},
+        )
+        == []
+    )
+    assert sum(len(v) for f, v in dst_snap.items() if f in corpus_folders) == RUN_COUNT
+    assert set(dst_snap) - corpus_folders == {("Specials",), ("Calendar (mail)",)}
+    assert len(dst_snap[("Calendar (mail)",)]) == 1 and len(dst_snap[("Specials",)]) == 4
+    specials_at_dst = fetch_specials(exo, dst_user)
+    assert set(specials_at_dst) == reencoded | {"<special6@example.test>"}
+    by_mid = {m.raw.split(b"Message-ID: ")[1].split(b"\r\n")[0].decode(): m for m in specials}
+    for mid in reencoded:
+        flags, raw = specials_at_dst[mid]
+        assert longest_line(raw) <= 9_900 and flags == by_mid[mid].flags
+        assert leaves(raw) == leaves(by_mid[mid].raw)  # content unchanged
+    assert specials_at_dst["<special6@example.test>"][0] == {MDN_SENT}
+
+    # back-off obeyed: nothing was appended sooner than the server asked, never a failure
+    events = proxy.events
+    throttles = [e for e in events if e.kind == "throttled"]
+    appends = [e for e in events if e.kind == "append"]
+    # (a batch cut by a throttle is rolled back by the IMAP connector and sent again:
+    # more APPENDs than messages, but each message is at the destination once, above)
+    assert len(appends) >= RUN_COUNT + 5
+    assert len(throttles) == (len(appends) + len(throttles)) // 200 >= 5
+    gaps = []
+    for t in throttles:
+        # the client reconnects after a throttle (APPENDs pipelined on the old
+        # connection before the answer arrived do not count): first login or APPEND
+        # on another connection
+        later = [e.at for e in events if e.conn != t.conn and e.at > t.at and e.kind in ("login", "append")]
+        if later:
+            gaps.append(min(later) - t.at)
+    assert gaps and min(gaps) >= BACKOFF_MS / 1000
+    shown = [round(g, 2) for g in gaps]
+    print(f"\nexchange-online run: {took:.1f} s, {len(appends)} APPENDs, {len(throttles)} throttles, gaps {shown} s")
+
+    # tokens: refreshed mid-run (20 s lifetime), sessions never used an expired one
+    issued = [i for i in exo.tokens.issued() if i.issued >= started]
+    assert len(issued) >= 2 and took > 20
+    assert not [e for e in events if e.kind == "bye-expired"]
+    introspected = [active for when, active in exo.tokens.state.introspections if when >= started]
+    assert introspected and all(introspected)
+    print(f"tokens issued during the run: {len(issued)}, logins: {len(introspected)}")
+
+    # no token, client secret or password anywhere in the state DB, the logs or the reports
+    blobs = {
+        "state DB": (tmp_path / "exo.db").read_bytes(),
+        "log": (tmp_path / "log.jsonl").read_bytes(),
+        "report": (tmp_path / "run.json").read_bytes(),
+        "dry-run report": (tmp_path / "dry.json").read_bytes(),
+        "output": (run.stdout + run.stderr + dry.stdout + dry.stderr).encode(),
+    }
+    assert b"Request is throttled" in blobs["log"]  # the log is there and has content
+    secrets = [i.token for i in exo.tokens.issued()] + [CLIENT_SECRET, SRC_PW]
+    for name, blob in blobs.items():
+        for secret in secrets:
+            assert secret.encode() not in blob, f"a secret leaked into the {name}"
+        assert b"eyJ" not in blob, f"something token-shaped in the {name}"
+
+
+def mids_of(report: dict[str, Any], key: str, reason: str, uid_to_mid: dict[str, str]) -> set[str]:
+    """Message-IDs of the report's ``key`` entries (skipped / failed) whose reason matches."""
+    out = set()
+    for mb in report["mailboxes"]:
+        entries = mb.get(f"{key}_messages") or mb.get(key) or []
+        for entry in entries:
+            if reason in entry["reason"]:
+                assert entry["folder"] == "Specials"
+                out.add(uid_to_mid[str(entry["id"])])
+    return out
+
+
+def notes_of(report: dict[str, Any], needle: str) -> set[str]:
+    found = set()
+    for mb in report["mailboxes"]:
+        for folder in mb["folders"]:
+            for note in folder["notes"]:
+                if needle in note:
+                    found.add(note.split(" ")[2].rstrip(":"))
+    return found
+
+
+def fetch_specials(exo: Exo, user: str) -> dict[str, tuple[frozenset[str], bytes]]:
+    import imapclient
+
+    client = imapclient.IMAPClient(exo.dovecot.host, port=exo.dovecot.imap_port, ssl=False, timeout=30)
+    try:
+        client.login(user.split("@")[0], "pw")
+        client.select_folder("Specials", readonly=True)
+        data = client.fetch(client.search("ALL"), ["FLAGS", "BODY.PEEK[]"])
+    finally:
+        client.logout()
+    out = {}
+    for item in data.values():
+        raw = item[b"BODY[]"]
+        mid = raw.split(b"Message-ID: ")[1].split(b"\r\n")[0].decode()
+        out[mid] = (frozenset(f.decode() for f in item[b"FLAGS"] if f != b"\\Recent"), raw)
+    return out
+
+
+def leaves(raw: bytes) -> list[bytes]:
+    return [p.get_payload(decode=True) for p in email.message_from_bytes(raw).walk() if not p.is_multipart()]
+
+
+def folder_mids(exo: Exo, user: str, password: str, folder: str) -> dict[str, str]:
+    import imapclient
+
+    client = imapclient.IMAPClient(exo.dovecot.host, port=exo.dovecot.imap_port, ssl=False, timeout=30)
+    try:
+        client.login(user, password)
+        client.select_folder(folder, readonly=True)
+        data = client.fetch(client.search("ALL"), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+    finally:
+        client.logout()
+    out = {}
+    for uid, item in data.items():
+        header = item[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"]
+        out[str(uid)] = header.split(b":", 1)[1].strip().decode()
+    return out
