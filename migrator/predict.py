@@ -366,7 +366,7 @@ def problem_sort_key(p: Problem) -> tuple[int, str, str, str]:
 
 
 def _mb_text(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
+    return size_text(n)
 
 
 def _mailbox_failure(mb: MailboxStats) -> list[Problem]:
