@@ -41,6 +41,7 @@ import pytest
 
 from integration.corpus import INBOX, generate, load_maildir
 from integration.dovecot import DovecotServer
+from integration.faultproxy import FaultProxy
 from integration.harness import (
     PW,
     PlanMailbox,
@@ -346,3 +347,50 @@ def test_maildir_to_imap_survives_random_sigkills(dovecot, new_user, tmp_path):
     print(tally.line("Maildir -> IMAP"))
     assert sum(tally.kills.values()) >= 1
     assert_state_clean(tally)
+
+
+# ----------------------------------------------------------------------------- two runs at once
+
+
+def test_second_run_refused_while_first_runs_then_stale_lock_recognised(dovecot, imap_source, new_user, tmp_path):
+    """Two processes on the same plan: the second refuses at once (exit 4, names the
+    lock and the holder's pid) and touches nothing; after the first is killed with
+    SIGKILL its lock file stays behind, and the next run takes it and completes."""
+    src_user, src_snap = imap_source
+    dest = new_user(dovecot, PW)
+    with FaultProxy((dovecot.host, dovecot.imap_port)) as proxy:
+        proxy.throttle(300_000)  # keeps the first run busy for a while
+        plan_file = write_plan(
+            tmp_path / "plan.yaml",
+            dovecot,
+            [PlanMailbox("box", src_user, dest)],
+            defaults=DEFAULTS,
+            src_port=proxy.port,
+        )
+        db, lock = tmp_path / "robust.db", tmp_path / "robust.db.lock"
+        first = subprocess.Popen(
+            migrator_cmd("run", str(plan_file), "-q"), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while (_signature(db) or (0, 0, 0))[1] < 8 and first.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert first.poll() is None, "the first run ended before the second could start"
+            before = _signature(db)
+            second = migrator("run", str(plan_file), timeout=60)
+            assert second.returncode == 4, second.stdout + second.stderr
+            message = second.stdout + second.stderr
+            assert "another run" in message and str(lock) in message and f"pid {first.pid}" in message
+            assert first.poll() is None
+            after = _signature(db)
+            assert after is not None and before is not None and after[0] >= before[0]  # the first one goes on
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+        assert lock.exists() and lock.read_text().strip() == str(first.pid)  # what a killed run leaves
+        proxy.throttle(None)
+        third = migrator("run", str(plan_file), timeout=RUN_TIMEOUT)
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert diff_snapshots(src_snap, snap(dovecot, dest)) == []
+    st = check_state(db)
+    assert (st.integrity, st.pending) == ("ok", 0)
