@@ -115,6 +115,7 @@ def summary_table(stats: RunStats, dry_run: bool = False) -> Table:
         "MB",
         "Seconds",
         "Msgs/s",
+        "MB/s",
         "Problem",
     ):
         table.add_column(col, justify="right" if col not in ("Mailbox", "Status", "Problem") else "left")
@@ -126,6 +127,7 @@ def summary_table(stats: RunStats, dry_run: bool = False) -> Table:
         copied = mb.total("to_copy") if dry_run else mb.total("copied")
         secs = mb.seconds
         rate = f"{mb.total('copied') / secs:,.0f}" if secs > 0 and not dry_run else "-"
+        mb_rate = f"{mb.total('bytes') / secs / 1e6:,.2f}" if secs > 0 and not dry_run else "-"
         status = {"ok": "[green]ok", "failed": "[red]failed", "interrupted": "[yellow]interrupted"}.get(
             mb.status, mb.status
         )
@@ -144,6 +146,7 @@ def summary_table(stats: RunStats, dry_run: bool = False) -> Table:
             _mb(mb.total("bytes_to_copy") if dry_run else mb.total("bytes")),
             f"{secs:,.1f}",
             rate,
+            mb_rate,
             problem,
         )
     return table
@@ -163,9 +166,11 @@ def details(stats: RunStats, console: Console, dry_run: bool = False) -> None:
         for path, msg_id, reason in mb.skipped_messages[:50]:
             lines.append(f"skipped {join(path)} #{msg_id}: {reason}")
         if len(mb.skipped_messages) > 50:
-            lines.append(f"... and {len(mb.skipped_messages) - 50} more skipped (see `migrator status`)")
+            lines.append(f"... and {len(mb.skipped_messages) - 50} more skipped (every one with its reason: --report)")
         for path, msg_id, reason in mb.failed_messages[:50]:
             lines.append(f"[red]failed[/] {join(path)} #{msg_id}: {reason}")
+        if len(mb.failed_messages) > 50:
+            lines.append(f"... and {len(mb.failed_messages) - 50} more failed (`migrator status`, --report)")
         if lines:
             console.print(f"[bold]{mb.job}[/]")
             for line in lines:
