@@ -465,6 +465,7 @@ class ImapStore:
         self._where = account.describe()
         self._selected: tuple[str, bool] | None = None  # (decoded name, read-only) of the selected folder
         self._status_cache: dict[str, FolderStatus] = {}  # from the last list_folders, by decoded name
+        self._listed: dict[FolderPath, FolderInfo] = {}  # selectable folders of the last list_folders
         self.command_counts: Counter[str] = Counter()
         self._wire = self._install_wire(client)
         with self._guard("capabilities"):
@@ -614,7 +615,9 @@ class ImapStore:
         (none for \\Noselect containers). Read-only. The STATUS numbers that come
         with it are kept for ``list_pages`` (an unchanged folder then costs nothing)."""
         with self._guard("LIST"):
-            return self._list("*", full_status=True)
+            folders = self._list("*", full_status=True)
+        self._listed = {f.path: f for f in folders if f.selectable}
+        return folders
 
     def _status_items(self, full: bool) -> str:
         items = ["UIDVALIDITY"]
@@ -721,7 +724,11 @@ class ImapStore:
 
     def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> FolderInfo:
         """Create ``path`` and its missing parents, subscribe it, return it.
-        Idempotent. ("INBOX",) is never created. FolderError when refused."""
+        Idempotent. ("INBOX",) is never created. FolderError when refused. A folder
+        the last ``list_folders`` of this connection returned is not looked up again."""
+        listed = self._listed.get(path)
+        if listed is not None:
+            return listed
         existing = self.find_folder(path)
         if existing is not None and existing.selectable:
             return existing
@@ -736,6 +743,7 @@ class ImapStore:
         created = self.find_folder(path)
         if created is None or not created.selectable:
             raise FolderError(f"{self._where}: folder {'/'.join(path)} was not created")
+        self._listed[path] = created
         return created
 
     def _create(self, name: str, special_use: str | None) -> None:
@@ -759,6 +767,7 @@ class ImapStore:
         if len(path) == 1 and path[0].upper() == "INBOX":
             raise FolderError(f"{self._where}: the inbox cannot be deleted")
         name = self.namespace.encode(path)
+        self._listed.pop(path, None)
         with self._guard("DELETE"):
             if self._selected is not None and self._selected[0] == name:
                 self._unselect()
