@@ -242,6 +242,25 @@ def test_delete_removes_exactly_the_given_ids_at_quit():
     assert [m.id for m in after] == [metas[i].id for i in (0, 2, 3, 5)]  # UIDLs unchanged
 
 
+def test_ids_from_an_older_session_map_to_this_sessions_numbers():
+    """Another client deleted message 1 meanwhile: every number shifts. Fetch and
+    delete with the old listing must touch exactly the named messages."""
+    messages = [msg(n) for n in range(1, 6)]
+    with FakePop3(messages) as server:
+        old, _ = listing(server)
+        other = open_pop3(server.account(), "source")
+        other.delete(other.list_folders()[0], [old[0]])
+        other.close()
+        store = open_pop3(server.account(), "source")
+        folder = store.list_folders()[0]
+        got = dict((m.id, raw) for m, raw in store.fetch(folder, old))
+        assert got == {old[i].id: messages[i] for i in range(1, 5)}  # the vanished one is not yielded
+        store.delete(folder, [old[0], old[2]])  # old[0] is gone: skipped; old[2] is now number 2
+        store.close()
+        assert server.maildrop == [messages[i] for i in (1, 3, 4)]
+        assert "DELE 2" in server.commands and server.commands.count("DELE 1") == 1  # that one by `other`
+
+
 def test_delete_without_uidl_uses_this_sessions_fallback_ids():
     same = msg(1)
     messages = [same, msg(2), same]

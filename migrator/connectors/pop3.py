@@ -326,9 +326,7 @@ class Pop3Store:
     A POP3 session sees the maildrop as it was at login, so the listing is made
     once per session and the message numbers of DELE/RETR come from it."""
 
-    capabilities = Capabilities(
-        folders=False, flags=False, keywords=False, internal_date=True, can_delete=True, forbidden_name_chars=""
-    )
+    capabilities = Capabilities(folders=False, flags=False, keywords=False, internal_date=True, can_delete=True)
 
     def __init__(self, account: Account, pop: poplib.POP3, caps: dict[str, list[str]]) -> None:
         self.account = account
