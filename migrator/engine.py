@@ -361,6 +361,7 @@ class MailboxRun:
         copied_before = fstats.copied
         self.stats.set(jid, fstats, listed=0, done=0, skipped=0, matched=0, to_copy=0, bytes_to_copy=0)
         listed_ids: set[str] = set()
+        deferred_cursor: tuple[str | None, ...] = ()  # a cursor past deletions not yet applied
         complete = False
         vanished: list[str] = []
         mirror = opts.mode == "mirror"
@@ -428,11 +429,16 @@ class MailboxRun:
             if not self.options.dry_run:
                 state.set_reconciled(ref)
                 reconciled = True
-                if page.cursor is not None or src.capabilities.incremental:
-                    state.set_cursor(ref, page.cursor)
+                if src.capabilities.incremental:
+                    if mirror and opts.delete and (vanished or complete):
+                        deferred_cursor = (page.cursor,)  # saved once the deletions are done
+                    else:
+                        state.set_cursor(ref, page.cursor)
         if mirror and opts.delete:
             gone = vanished if not complete else [i for i in done_rows if i not in listed_ids]
             self._mirror_deletions(dst, dst_folder, ref, fstats, gone, len(done_rows))
+        if deferred_cursor and not self.options.dry_run:
+            state.set_cursor(ref, deferred_cursor[0])
         if opts.mode == "move" or opts.after_copy == "delete":
             self._delete_at_source(link, src, src_folder, ref, fstats)
 
