@@ -6,6 +6,7 @@ sends, so "an unchanged mailbox costs almost nothing" is checked on the wire.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -65,10 +66,8 @@ class Tap:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def reset(self) -> None:
         with self._lock:
