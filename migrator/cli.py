@@ -85,11 +85,10 @@ def _err(msg: str) -> None:
 
 
 def _setup_logging(verbose: bool, log_json: Path | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # --log-json lowers the logger's level; stderr keeps its own
     if log_json is not None:
         from migrator.observe import add_json_log
 

@@ -214,6 +214,7 @@ class MailboxRun:
     def run(self) -> None:
         jid = self.job.id
         self.stats.start(jid)
+        log.info("%s: started", jid, extra={"event": "mailbox_started", "mailbox": jid})
         try:
             for account in self.job.sources:
                 self.account = account
@@ -223,6 +224,7 @@ class MailboxRun:
                 self.stats.finish(jid, "failed", "; ".join(problems), "guard" if self.guard_errors else "folder")
             else:
                 self.stats.finish(jid, "ok")
+            self._log_finished()
         except KeyboardInterrupt:
             self.stats.finish(jid, "interrupted", "interrupted", "interrupted")
             raise
@@ -248,7 +250,21 @@ class MailboxRun:
         msg = str(exc) or type(exc).__name__
         self.stats.finish(self.job.id, "failed", msg, kind)
         self.state.add_error(self.run_id, self.job.id, None, None, kind, msg)
-        log.error("%s: %s", self.job.id, msg)
+        log.error("%s: %s", self.job.id, msg, extra={"event": "mailbox_failed", "mailbox": self.job.id, "kind": kind})
+
+    def _log_finished(self) -> None:
+        mb = self.stats.mailboxes[self.job.id]
+        counts = {c: mb.total(c) for c in ("copied", "matched", "done", "skipped", "failed", "bytes")}
+        log.info(
+            "%s: %s: copied %d, already there %d, skipped %d, failed %d",
+            self.job.id,
+            mb.status,
+            counts["copied"],
+            counts["done"] + counts["matched"],
+            counts["skipped"],
+            counts["failed"],
+            extra={"event": "mailbox_finished", "mailbox": self.job.id, "status": mb.status, **counts},
+        )
 
     def _mapping(self, link: Link) -> FolderPlan:
         def listing() -> FolderPlan:

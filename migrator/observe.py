@@ -10,6 +10,8 @@ from pathlib import Path
 
 from migrator.stats import RunStats
 
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
 
 class JsonLinesHandler(logging.Handler):
     """One JSON object per log record: time, level, message (no secrets are ever logged)."""
@@ -22,14 +24,15 @@ class JsonLinesHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = json.dumps(
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
-                    "level": record.levelname.lower(),
-                    "message": record.getMessage(),
-                },
-                ensure_ascii=False,
-            )
+            event = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+                "level": record.levelname.lower(),
+                "message": record.getMessage(),
+            }
+            for key, value in record.__dict__.items():  # structured fields given as extra=
+                if key not in _STANDARD and not key.startswith("_"):
+                    event[key] = value if isinstance(value, str | int | float | bool) or value is None else str(value)
+            line = json.dumps(event, ensure_ascii=False)
             self._fh.write(line + "\n")
             self._fh.flush()
         except Exception:  # a log handler must never break the run
