@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from migrator.connectors.base import open_store
-from migrator.errors import AuthError, ConnectError, MigratorError, PlanError, TLSError, TransientError
+from migrator.errors import AuthError, ConnectError, PlanError, TLSError, TransientError
 from migrator.folders import join
 from migrator.model import Account, MailboxJob
 from migrator.state import State
@@ -309,12 +309,15 @@ def _error_kind(exc: BaseException) -> str:
 
 
 def probe_store(account: Account, role: Literal["source", "destination"]) -> StoreProbe:
-    """Log in, read capabilities and (destination) quota, log out. Never raises for a
-    store problem: the probe carries the error. Only read commands are sent."""
+    """Log in, read capabilities and (destination) quota, log out. Never raises: the
+    probe carries the error. Only read commands are sent. Local stores (no host) are
+    not opened: they have nothing to tell, and opening must not create them."""
     label = account.describe()
+    if account.host is None:
+        return StoreProbe(label, role)
     try:
         store = open_store(account, role)
-    except (MigratorError, OSError) as exc:
+    except Exception as exc:  # the probe reports any failure instead of ending the dry run
         return StoreProbe(label, role, error=str(exc) or type(exc).__name__, error_kind=_error_kind(exc))
     try:
         caps = _caps_of(store)
@@ -348,6 +351,9 @@ def probe_job(job: MailboxJob) -> JobProbe:
 def probe_jobs(jobs: Sequence[MailboxJob], parallel: int) -> dict[str, JobProbe]:
     with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="probe") as pool:
         return dict(zip((j.id for j in jobs), pool.map(probe_job, jobs), strict=True))
+
+
+NO_PROBE_KINDS = frozenset({"auth", "tls", "connect", "config"})  # the dry run already could not log in
 
 
 # --------------------------------------------------------------------------- problems
@@ -559,7 +565,9 @@ def predict(
 ) -> Prediction:
     """Probes, problems and the estimate of a finished dry run. ``throughput``
     (configured) wins over the one measured from the state DB."""
-    probes = probe_jobs(jobs, parallel) if probe else {}
+    # a mailbox that could not log in is not tried again (no second failed login: lockouts)
+    todo = [j for j in jobs if stats.mailboxes[j.id].error_kind not in NO_PROBE_KINDS]
+    probes = probe_jobs(todo, parallel) if probe else {}
     speed = throughput or measured_throughput(state_path, parallel)
     return Prediction(
         estimate(stats, jobs, speed, parallel),
