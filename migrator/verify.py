@@ -6,7 +6,8 @@ plan copies, the live source listing is matched against the live listing of the
 destination folder it maps to:
 
 1. a source message whose checkpoint row names a destination id that is listed
-   there with the same size and Message-ID is at the destination;
+   there with the same size and Message-ID is at the destination (a destination that
+   changes messages to accept them, ``adapts_messages``: the same Message-ID);
 2. the remaining ones are matched as a multiset by identity (Message-ID + size, or a
    SHA-256 of the content + size for messages without Message-ID; the checkpoint's
    hash or a fetch), against destination messages not claimed in step 1;
@@ -214,11 +215,12 @@ def reconcile(
     available: dict[str, MessageMeta] = {m.id: m for m in dst_msgs}
     pairs: list[tuple[_Entry, MessageMeta, MessageMeta]] = []
     rest: list[tuple[_Entry, MessageMeta]] = []
+    resized = getattr(dst_caps, "adapts_messages", False)  # the destination may change a message's size
     for e in entries:  # 1. by the destination id the checkpoint recorded
         for m in e.msgs:
             row = e.rows.get(m.id)
             d = available.get(row.dst_id) if row and row.dst_id and row.status in ("copied", "matched") else None
-            if d is not None and d.size == m.size and d.message_id == m.message_id:
+            if d is not None and d.message_id == m.message_id and (d.size == m.size or (resized and m.message_id)):
                 del available[d.id]
                 pairs.append((e, m, d))
             else:

@@ -420,3 +420,12 @@ def test_run_report_has_durations_throughput_and_reasons(local_plan: Path):
     a = data["mailboxes"][0]
     assert (a["copied"], a["bytes_copied"] > 0, a["seconds"] > 0) == (6, True, True)
     assert a["msgs_per_second"] == pytest.approx(6 / a["seconds"], rel=0.01)
+
+
+def test_reconcile_accepts_a_resized_copy_only_where_the_destination_adapts_messages():
+    row = {"1": Row("copied", "9", ("INBOX",), 100, "<1@x>", None, None)}
+    for adapts, found in ((False, 0), (True, 1)):
+        e = _entry([meta("1", 100)], row)
+        reconcile([e], [meta("9", 130, "<1@x>")], {}, Capabilities(adapts_messages=adapts))
+        assert e.check.at_destination == found
+        assert len(e.check.unaccounted) == 1 - found
