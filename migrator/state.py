@@ -42,8 +42,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import sqlite_utils
-
 from migrator.model import FolderPath, MatchKey, MessageMeta, match_key
 
 SCHEMA_VERSION = 1
@@ -56,6 +54,26 @@ def folder_key(path: FolderPath) -> str:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _import_sqlite_utils():  # type: ignore[no-untyped-def]
+    """sqlite-utils imports pandas and numpy when they are installed, only to convert
+    their types on insert, which we never do; that costs more than the rest of a
+    no-change run. Hide them while it is imported (and only then)."""
+    import sys
+
+    hidden = [name for name in ("numpy", "pandas") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import sqlite_utils
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
 
 
 def flags_text(flags: Iterable[str]) -> str:
