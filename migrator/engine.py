@@ -192,8 +192,7 @@ class MailboxRun:
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
             log.warning("%s: %s; reconnecting (attempt %d)", self.job.id, exc, rs.attempt_number + 1)
-            if getattr(exc, "backoff_seconds", None):
-                link.throttled()  # the server asked us to slow down: fewer connections to it
+            link.throttled()  # throttled or failing: fewer connections to that server (AIMD)
             link.disconnect()
 
         return Retrying(
