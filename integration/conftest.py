@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from integration.containers import Backend, choose_backend, start_dovecot
 from integration.dovecot import DOVECOT, DovecotServer
 
 NewUser = Callable[..., str]
@@ -30,14 +31,27 @@ def _tmp_parent() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-def _start(layout: str) -> Iterator[DovecotServer]:
-    if not Path(DOVECOT).exists():
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which servers the integration tests use: containers (docker-py) or local binaries."""
+    try:
+        return f"integration servers: {choose_backend().describe()}"
+    except RuntimeError as exc:
+        return f"integration servers: {exc}"
+
+
+@pytest.fixture(scope="session")
+def server_backend() -> Backend:
+    """Docker (a reachable local engine) or the local Debian binaries: see integration/containers.py."""
+    return choose_backend()
+
+
+def _start(layout: str, backend: Backend) -> Iterator[DovecotServer]:
+    if backend.kind == "local" and not Path(DOVECOT).exists():
         pytest.fail(
             f"{DOVECOT} is missing: the integration tests need Dovecot (apt-get install dovecot-imapd dovecot-pop3d)",
             pytrace=False,
         )
-    server = DovecotServer(layout=layout, parent_dir=_tmp_parent())  # type: ignore[arg-type]
-    server.start()
+    server = start_dovecot(backend, layout, _tmp_parent())  # type: ignore[arg-type]
     try:
         yield server
     finally:
@@ -45,15 +59,15 @@ def _start(layout: str) -> Iterator[DovecotServer]:
 
 
 @pytest.fixture(scope="session")
-def dovecot() -> Iterator[DovecotServer]:
+def dovecot(server_backend: Backend) -> Iterator[DovecotServer]:
     """A private Dovecot with the slash layout (prefix "", separator "/")."""
-    yield from _start("slash")
+    yield from _start("slash", server_backend)
 
 
 @pytest.fixture(scope="session")
-def dovecot_courier() -> Iterator[DovecotServer]:
+def dovecot_courier(server_backend: Backend) -> Iterator[DovecotServer]:
     """A private Dovecot with the Courier layout (prefix "INBOX.", separator ".")."""
-    yield from _start("courier")
+    yield from _start("courier", server_backend)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,9 @@ volume, as the unprivileged user), and the Kubernetes Job's own shard command li
 Needs root, podman, runc and debootstrap (Debian packages; .ci/run installs them).
 The first build of the base image takes about a minute; later sessions reuse it
 (``localhost/migrator-test-base:bookworm``). Without podman the build tests are
-skipped, except under CI (``CI`` set), where that is a failure.
+skipped, except under CI (``CI`` set), where that is a failure. Those tests carry the
+``containers`` marker: ``-m "not containers"`` leaves them out (about 1 minute on a quiet
+2-core machine once the base image is cached, over 2 minutes under heavy load).
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def test_dockerfile_passes_hadolint():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.containers
 def test_image_metadata_and_version(image: dict[str, float]):
     res = sh(["podman", "image", "inspect", IMAGE])
     assert res.returncode == 0, res.stderr
@@ -179,6 +182,7 @@ def test_image_metadata_and_version(image: dict[str, float]):
     assert res.stdout.strip().startswith("uid=10001(migrator) gid=10001(migrator)"), res.stdout
 
 
+@pytest.mark.containers
 def test_demo_plan_runs_in_the_image(image: dict[str, float], tmp_path: Path):
     plans, state = demo_tree(tmp_path)
     before = tree_digest(plans)
@@ -194,6 +198,7 @@ def test_demo_plan_runs_in_the_image(image: dict[str, float], tmp_path: Path):
     assert tree_digest(plans) == before  # the plans stayed read-only
 
 
+@pytest.mark.containers
 def test_kubernetes_job_command_line_runs_every_shard(image: dict[str, float], tmp_path: Path):
     """The Job's shell wrapper, verbatim from deploy/job-migrate.yaml, for each index of
     a 2-shard run of the demo plan; then `report merge` in the image."""
@@ -224,3 +229,102 @@ def test_kubernetes_job_command_line_runs_every_shard(image: dict[str, float], t
     assert merged["totals"]["copied"] == 52
     assert [m["id"] for m in merged["mailboxes"]] == ["from-mbox", "from-maildir"]
     assert re.search(r"exit 0", outs[0] + outs[1])
+
+
+# ---------------------------------------------------------------- the docker-py harness
+PODMAN_CONF = """\
+[containers]
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+"""
+
+
+@pytest.fixture(scope="module")
+def docker_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A Docker-compatible engine API for docker-py: podman's, on a private socket.
+    Yields the environment that points the tests at it."""
+    _need_podman()
+    ensure_base_image()
+    where = tmp_path_factory.mktemp("podman-api")
+    conf = where / "containers.conf"
+    conf.write_text(PODMAN_CONF, encoding="utf-8")
+    sock = where / "api.sock"
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+        env={**os.environ, "CONTAINERS_CONF": str(conf)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert service.poll() is None and time.monotonic() < deadline, "podman system service did not start"
+            time.sleep(0.1)
+        yield {"DOCKER_HOST": f"unix://{sock}", "MIGRATOR_TEST_BACKEND": "docker",
+               "MIGRATOR_TEST_BASE_IMAGE": BASE_IMAGE}  # fmt: skip
+    finally:
+        service.terminate()
+        try:
+            service.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait(timeout=20)
+
+
+def test_backend_choice_without_an_engine(tmp_path: Path):
+    from integration.containers import choose_backend
+
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}
+    backend = choose_backend(env)
+    assert backend.kind == "local" and "no Docker engine" in backend.detail
+    with pytest.raises(RuntimeError, match="MIGRATOR_TEST_BACKEND=docker"):
+        choose_backend({**env, "MIGRATOR_TEST_BACKEND": "docker"})
+    assert choose_backend({"MIGRATOR_TEST_BACKEND": "local"}).kind == "local"
+    remote = choose_backend({"DOCKER_HOST": "tcp://192.0.2.1:2375", "MIGRATOR_TEST_BACKEND": "auto"})
+    assert remote.kind == "local"
+
+
+@pytest.mark.containers
+def test_dovecot_in_a_container_through_docker_py(docker_api: dict[str, str]):
+    """docker-py starts Dovecot in a container; IMAP, doveadm and direct Maildir access
+    work as with the local binaries."""
+    from imapclient import IMAPClient
+
+    from integration.containers import ContainerDovecot, choose_backend, start_dovecot
+
+    backend = choose_backend({**os.environ, **docker_api})
+    assert backend.kind == "docker" and "Podman" in backend.detail
+    server = start_dovecot(backend, "courier")
+    try:
+        assert isinstance(server, ContainerDovecot) and server.backend == "docker"
+        server.container.reload()
+        assert server.container.status == "running"
+        server.add_user("alice", "secret")
+        with IMAPClient(server.host, port=server.imap_port, ssl=False, timeout=10) as imap:
+            imap.login("alice", "secret")
+            imap.create_folder("INBOX.Sub")
+            imap.append("INBOX.Sub", b"Subject: hi\r\nMessage-ID: <1@x>\r\n\r\nbody\r\n", flags=[b"\\Seen"])
+        assert (server.maildir("alice") / ".Sub").is_dir()  # the files are on this machine
+        assert "INBOX.Sub" in server.doveadm("mailbox", "list", "-u", "alice")
+    finally:
+        server.stop()
+    assert server.container is None
+
+
+@pytest.mark.containers
+def test_integration_tests_run_on_the_docker_backend(docker_api: dict[str, str]):
+    """The same integration tests, with their servers in containers: the IMAP connector
+    suite passes, and the header says where the servers ran."""
+    env = {**os.environ, **docker_api, "PYTHONPATH": str(ROOT)}
+    res = sh(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "integration/test_imap_connector.py"],
+        timeout=900, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-3000:]
+    assert re.search(r"^integration servers: docker \(Podman Engine [\d.]+ at unix://", res.stdout, re.M), res.stdout[
+        :2000
+    ]
+    assert re.search(r"\b\d{2,} passed", res.stdout)
+    left = sh(["podman", "ps", "-a", "--filter", "label=org.migrator.test=dovecot", "--format", "{{.Names}}"])
+    assert left.stdout.strip() == "", f"containers left behind: {left.stdout}"
