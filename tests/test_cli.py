@@ -139,3 +139,10 @@ def test_every_command_documented_with_help_and_example():
         assert f"migrator {name}" in readme, f"README does not document `migrator {name}`"
         res = invoke(name, "--help")
         assert res.exit_code == 0 and "Example:" in res.output, name
+    # command groups (`migrator report merge`): every subcommand too
+    for group in app.registered_groups:
+        for sub in group.typer_instance.registered_commands:  # type: ignore[union-attr]
+            words = [group.name, sub.name or sub.callback.__name__]  # type: ignore[union-attr]
+            assert f"migrator {' '.join(words)}" in readme, f"README does not document `migrator {' '.join(words)}`"
+            res = invoke(*words, "--help")  # type: ignore[arg-type]
+            assert res.exit_code == 0 and "Example:" in res.output, words
