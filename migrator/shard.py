@@ -373,7 +373,13 @@ def compute_assignment(inputs: Inputs, current: Assignment | None) -> tuple[Assi
             f"{assignment_path(inputs.state_path)}: the mailboxes are assigned to {current.count} shard(s), "
             f"not {n}; run with --rebalance to spread them over {n}"
         )
-    reuse_epoch = inputs.rebalance and current is not None and inputs.epoch and current.epoch == inputs.epoch
+    reuse_epoch = (
+        inputs.rebalance
+        and current is not None
+        and current.count == n
+        and bool(inputs.epoch)
+        and current.epoch == inputs.epoch
+    )
     if inputs.rebalance and not reuse_epoch:
         weights, source = _weights(inputs, job_ids)
         shards = greedy(weights, n)

@@ -188,6 +188,14 @@ def test_rebalance_recomputes_and_a_shared_epoch_rebalances_once(tmp_path: Path)
     assert re2.shards == {"b": 1, "d": 2, "a": 2, "c": 2}
 
 
+def test_same_epoch_other_shard_count_rebalances(tmp_path: Path):
+    state = tmp_path / "p.db"
+    plan = plan_of(["a", "b", "c"], state)
+    assert assign(Inputs(plan, state, 2, rebalance=True, epoch="e")).count == 2
+    got = assign(Inputs(plan, state, 3, rebalance=True, epoch="e"))
+    assert got.count == 3 and sorted(got.shards.values()) == [1, 2, 3]
+
+
 def test_lost_file_mailboxes_stay_with_their_shard_db(tmp_path: Path):
     state = tmp_path / "p.db"
     seed_db(shard_db_path(state, 3), "a", [10])
