@@ -523,3 +523,18 @@ def test_bye_is_transient() -> None:
         store.close()
     finally:
         server.close()
+
+
+def test_ensure_folder_after_listing_sends_nothing(dovecot: DovecotServer, user: str, opener: Opener) -> None:
+    writer = opener("destination")
+    fill(writer, ("Kept",), 2)
+    store = opener("destination")
+    listed = {f.path: f for f in store.list_folders()}
+    before = store.command_counts.copy()
+    assert store.ensure_folder(("Kept",)) == listed[("Kept",)]
+    assert store.ensure_folder(("INBOX",)) == listed[("INBOX",)]
+    assert store.command_counts == before
+    store.delete_folder(("Kept",))  # forgotten, then created again for real
+    again = store.ensure_folder(("Kept",))
+    assert again.validity != listed[("Kept",)].validity
+    assert "CREATE" in store.command_counts - before

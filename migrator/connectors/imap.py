@@ -47,6 +47,7 @@ from migrator.connectors.imap_wire import (
     AppendEntry,
     Completion,
     FetchItem,
+    FetchResult,
     Wire,
     format_internaldate,
     parse_internaldate,
@@ -871,21 +872,23 @@ class ImapStore:
             cursor = now.cursor()
             if cursor is None or now.modseq is None or now.validity != old.validity:
                 return None
-            wire = self._live_wire
-            changed: list[FetchItem] = []
-            vanished: list[int] = []
+            # both questions in one round trip: flags changed below the old UIDNEXT
+            # (CHANGEDSINCE; with QRESYNC also what vanished), and what is new
+            commands: list[tuple[str, bytes]] = []
             if old.uidnext > 1 and now.modseq != old.modseq:
                 modifier = b"(CHANGEDSINCE %d%s)" % (old.modseq, b" VANISHED" if self._qresync else b"")
-                got = wire.uid_fetch(f"1:{old.uidnext - 1}", LIST_ITEMS, modifier)
-                self._check("UID FETCH", got.completion)
-                changed = [i for i in got.items if 0 < i.uid < old.uidnext and i.size is not None]
-                vanished = sorted({u for u in got.vanished if u < old.uidnext})
-            new: list[FetchItem] = []
+                commands.append(("UID FETCH", b"1:%d %s %s" % (old.uidnext - 1, LIST_ITEMS, modifier)))
             if now.uidnext is None or now.uidnext > old.uidnext:
-                got = wire.uid_fetch(f"{old.uidnext}:*", LIST_ITEMS)
-                self._check("UID FETCH", got.completion)
-                new = [i for i in got.items if i.uid >= old.uidnext and i.size is not None]
-                vanished = sorted(set(vanished) | {u for u in got.vanished if u < old.uidnext})
+                commands.append(("UID FETCH", b"%d:* %s" % (old.uidnext, LIST_ITEMS)))
+            wire = self._live_wire
+            got = FetchResult(items=[], completion=Completion("OK", b""))
+            if commands:
+                for done in wire.pipeline(commands, got):
+                    self._check("UID FETCH", done)
+            listed = [i for i in got.items if i.uid > 0 and i.size is not None]
+            new = [i for i in listed if i.uid >= old.uidnext]
+            changed = [i for i in listed if i.uid < old.uidnext]
+            vanished = sorted({u for u in got.vanished if u < old.uidnext})
             if not self._qresync:
                 below = (wire.exists if wire.exists is not None else now.messages or 0) - len({i.uid for i in new})
                 if below != old.exists:

@@ -351,9 +351,9 @@ class Wire:
         self._send(line)
         return self.complete(tag, sink)
 
-    def pipeline(self, commands: Sequence[tuple[str, bytes]]) -> list[Completion]:
+    def pipeline(self, commands: Sequence[tuple[str, bytes]], sink: FetchResult | None = None) -> list[Completion]:
         """Send every command at once (small, literal-free ones), then read every
-        completion, in order."""
+        completion, in order. FETCH / VANISHED data of all of them go to ``sink``."""
         tags = []
         out = []
         self.untagged_no = []
@@ -368,7 +368,7 @@ class Wire:
         while pending:
             got, rest, literals = self.read_response()
             if got == b"*":
-                self._untagged(rest, literals, None)
+                self._untagged(rest, literals, sink)
                 continue
             if got not in pending:
                 raise WireLost(f"answer for an unknown command tag {got[:20]!r}")

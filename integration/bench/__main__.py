@@ -1,0 +1,7 @@
+"""``python -m integration.bench``: see integration/bench/run.py."""
+
+import sys
+
+from integration.bench.run import main
+
+sys.exit(main())

@@ -1,0 +1,397 @@
+"""The benchmark: migrator against mbsync and OfflineIMAP in one run, on one private Dovecot
+whose mail lives on tmpfs.
+
+For each corpus (one mailbox of 10,000 generated messages; 20 mailboxes of 500) and
+each tool, on a fresh destination: a first copy, a re-run with nothing changed, then
+(after 100 new messages arrived at the sources, through IMAP APPEND) a re-run that
+must bring exactly those. Every run is measured (wall time, messages/s, MB/s, the
+client's peak RSS and CPU, the server's CPU), and the destination is compared with
+the source after the first copy and after the last run (bytes, flags, keywords,
+internal dates, counts per folder). Ratios are against mbsync, within this run.
+
+    python -m integration.bench                     # everything (OfflineIMAP takes minutes)
+    python -m integration.bench --quick             # 1,000 messages, 4 mailboxes of 100
+    python -m integration.bench --tools migrator,mbsync --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import imapclient
+
+from integration.bench.measure import Measured, run_measured
+from integration.bench.tools import TOOLS, Pair, Tool
+from integration.corpus import generate, load_imap, load_maildir
+from integration.dovecot import DovecotServer
+from integration.snapshot import Snapshot, snapshot_imap
+
+PASSWORD = "bench-pw"
+TARGETS = {"first_ratio": 1.5, "unchanged_s": 0.3, "added_s": 0.5, "rss_mb": 200.0}
+
+
+@dataclass
+class Corpus:
+    key: str  # "single" / "batch": names users and work directories
+    label: str
+    sources: list[str]
+    seeds: list[int]
+    count: int  # messages per source
+    added: int  # new messages per source before the third run
+    messages: int = 0
+    bytes: int = 0
+    added_bytes: int = 0
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    corpus: str
+    tool: str
+    run: str  # "first copy", "no change", "+N new"
+    wall: float
+    messages: int
+    bytes: int
+    client_cpu: float
+    server_cpu: float
+    peak_rss: int
+    returncode: int
+    fidelity: str
+
+    @property
+    def msgs_per_s(self) -> float:
+        return self.messages / self.wall if self.wall > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.wall if self.wall > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- fidelity
+def fidelity(source: Snapshot, dest: Snapshot) -> str:
+    """ "exact", or what differs: messages missing / extra / with other bytes, and for
+    byte-identical ones other flags, keywords or internal dates."""
+    missing = extra = bytes_changed = flags = keywords = keywords_lost = dates = 0
+    for folder in set(source) | set(dest):
+        src, dst = source.get(folder, []), dest.get(folder, [])
+        by_sha: dict[str, list] = {}
+        for f in dst:
+            by_sha.setdefault(f.sha256, []).append(f)
+        unmatched_src = 0
+        for f in src:
+            candidates = by_sha.get(f.sha256)
+            if not candidates:
+                unmatched_src += 1
+                continue
+            # prefer an exact twin, else any with the same bytes
+            twin = next((c for c in candidates if c == f), candidates[0])
+            candidates.remove(twin)
+            flags += twin.flags != f.flags
+            if twin.keywords != f.keywords:
+                keywords += 1
+                keywords_lost += bool(f.keywords) and not twin.keywords
+            dates += twin.internal_date != f.internal_date
+        unmatched_dst = sum(len(v) for v in by_sha.values())
+        pairs = min(unmatched_src, unmatched_dst)
+        bytes_changed += pairs
+        missing += unmatched_src - pairs
+        extra += unmatched_dst - pairs
+    parts = []
+    for n, what in (
+        (missing, "missing"),
+        (extra, "extra"),
+        (bytes_changed, "bytes changed"),
+        (flags, "flags differ"),
+        (keywords, f"keywords differ ({keywords_lost} lost)" if keywords_lost else "keywords differ"),
+        (dates, "dates differ"),
+    ):
+        if n:
+            parts.append(f"{n} {what}")
+    return "exact" if not parts else "; ".join(parts)
+
+
+def snapshot_users(server: DovecotServer, users: Sequence[str]) -> dict[str, Snapshot]:
+    return {u: snapshot_imap(server.host, server.imap_port, u, PASSWORD) for u in users}
+
+
+def fidelity_of(server: DovecotServer, corpus: Corpus, pairs: Sequence[Pair]) -> str:
+    merged_src: Snapshot = {}
+    merged_dst: Snapshot = {}
+    for src, dst in pairs:
+        for folder, facts in corpus.snapshots[src].items():
+            merged_src[(src, *folder)] = facts
+        for folder, facts in snapshot_imap(server.host, server.imap_port, dst, PASSWORD).items():
+            merged_dst[(src, *folder)] = facts
+    return fidelity(merged_src, merged_dst)
+
+
+# --------------------------------------------------------------------------- corpora
+def load_corpus(server: DovecotServer, corpus: Corpus) -> None:
+    for user, seed in zip(corpus.sources, corpus.seeds, strict=True):
+        server.add_user(user, PASSWORD)
+        info = load_maildir(
+            generate(corpus.count, seed=seed), server.maildir(user), uid=server.mail_uid, gid=server.mail_gid
+        )
+        server.force_resync(user)
+        corpus.messages += int(info["messages"])  # type: ignore[call-overload]
+        corpus.bytes += int(info["bytes"])  # type: ignore[call-overload]
+    corpus.snapshots = snapshot_users(server, corpus.sources)
+
+
+def add_new(server: DovecotServer, corpus: Corpus) -> int:
+    """Deliver ``corpus.added`` new messages to each source (the next ones of its seed)."""
+    total = 0
+    for user, seed in zip(corpus.sources, corpus.seeds, strict=True):
+        fresh = list(generate(corpus.count + corpus.added, seed=seed))[corpus.count :]
+        client = imapclient.IMAPClient(server.host, port=server.imap_port, ssl=False, timeout=60)
+        try:
+            client.login(user, PASSWORD)
+            load_imap(fresh, client, folders=[])
+        finally:
+            client.logout()
+        total += sum(len(m.raw) for m in fresh)
+    corpus.snapshots = snapshot_users(server, corpus.sources)
+    return total
+
+
+# --------------------------------------------------------------------------- running
+def run_tool(server: DovecotServer, tool: Tool, corpus: Corpus, pairs: Sequence[Pair], run: str) -> Row:
+    m: Measured = run_measured(
+        tool.argv(pairs), server_pid=server_pid(server), env=tool.env(), cwd=tool.workdir, timeout=7200
+    )
+    if run == "first copy":
+        messages, size = corpus.messages, corpus.bytes
+    elif run == "no change":
+        messages, size = 0, 0
+    else:
+        messages, size = corpus.added * len(corpus.sources), corpus.added_bytes
+    verdict = "" if m.returncode == 0 else f"exit {m.returncode}: {m.output.strip().splitlines()[-1:]}"
+    return Row(
+        corpus.label,
+        tool.name,
+        run,
+        m.wall,
+        messages,
+        size,
+        m.client_cpu,
+        m.server_cpu,
+        m.peak_rss,
+        m.returncode,
+        verdict,
+    )
+
+
+def server_pid(server: DovecotServer) -> int:
+    pid = server._pid  # the master
+    if pid is None:
+        raise RuntimeError("server not running")
+    return pid
+
+
+def bench_corpus(
+    server: DovecotServer, corpus: Corpus, tools: Sequence[str], work: Path, args: argparse.Namespace
+) -> list[Row]:
+    print(f"\n== {corpus.label}: loading ...", flush=True)
+    started = time.perf_counter()
+    load_corpus(server, corpus)
+    took = time.perf_counter() - started
+    print(f"   {corpus.messages:,} messages, {corpus.bytes / 1e6:,.0f} MB in {took:.0f} s", flush=True)
+    rows: list[Row] = []
+    instances: dict[str, tuple[Tool, list[Pair]]] = {}
+    for name in tools:
+        tool = TOOLS[name](
+            name=name,
+            workdir=work / f"{name}-{corpus.key}",
+            host=server.host,
+            port=server.imap_port,
+            password=PASSWORD,
+            extra_args=tuple(args.migrator_args.split()) if name == "migrator" and args.migrator_args else (),
+        )
+        if not tool.available():
+            print(f"   {name}: not installed, skipped", flush=True)
+            continue
+        pairs = []
+        for i, src in enumerate(corpus.sources):
+            dst = f"{name[:3]}{corpus.key}{i:02d}"
+            server.add_user(dst, PASSWORD)
+            pairs.append((src, dst))
+        tool.prepare(pairs)
+        instances[name] = (tool, pairs)
+        for run in ("first copy", "no change"):
+            row = run_tool(server, tool, corpus, pairs, run)
+            if run == "first copy" and row.returncode == 0:
+                row.fidelity = fidelity_of(server, corpus, pairs)
+            rows.append(row)
+            print(f"   {name:12} {run:12} {row.wall:8.2f} s  {row.fidelity}", flush=True)
+    corpus.added_bytes = add_new(server, corpus)
+    for name, (tool, pairs) in instances.items():
+        run = f"+{corpus.added * len(corpus.sources)} new"
+        row = run_tool(server, tool, corpus, pairs, run)
+        if row.returncode == 0:
+            row.fidelity = fidelity_of(server, corpus, pairs)
+        rows.append(row)
+        print(f"   {name:12} {run:12} {row.wall:8.2f} s  {row.fidelity}", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- reporting
+def machine() -> dict[str, str]:
+    def out(*argv: str) -> str:
+        try:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
+            return (proc.stdout or proc.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "?"
+
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dovecot": out("dovecot", "--version"),
+        "mail storage": "tmpfs (/dev/shm)",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def table(rows: Sequence[Row]) -> str:
+    base = {(r.corpus, r.run): r for r in rows if r.tool == "mbsync" and r.returncode == 0}
+    head = (
+        f"{'corpus':22} {'tool':12} {'run':12} {'wall s':>8} {'msgs/s':>8} {'MB/s':>7} {'RSS MB':>7} "
+        f"{'cli CPU':>7} {'srv CPU':>7} {'vs mbsync':>9}  fidelity"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ref = base.get((r.corpus, r.run))
+        ratio = f"{ref.wall / r.wall:8.2f}x" if ref and r.wall > 0 and r.returncode == 0 else "        -"
+        rate = f"{r.msgs_per_s:8,.0f}" if r.messages else "       -"
+        mbs = f"{r.mb_per_s:7.1f}" if r.bytes else "      -"
+        lines.append(
+            f"{r.corpus:22} {r.tool:12} {r.run:12} {r.wall:8.2f} {rate} {mbs} {r.peak_rss / 1e6:7.0f} "
+            f"{r.client_cpu:7.2f} {r.server_cpu:7.2f} {ratio}  {r.fidelity}"
+        )
+    return "\n".join(lines)
+
+
+def targets(rows: Sequence[Row]) -> list[str]:
+    """The issue's targets for migrator, each with its verdict."""
+    out = []
+    by = {(r.corpus, r.tool, r.run): r for r in rows}
+    for corpus in dict.fromkeys(r.corpus for r in rows):
+        mig = {r.run: r for r in rows if r.corpus == corpus and r.tool == "migrator"}
+        if not mig:
+            continue
+        first, ref = mig.get("first copy"), by.get((corpus, "mbsync", "first copy"))
+        if first and ref:
+            ratio = ref.wall / first.wall
+            ok = ratio >= TARGETS["first_ratio"] and first.fidelity == "exact"
+            verdict = "MET" if ok else "not met"
+            out.append(f"{corpus}: first copy {ratio:.2f}x mbsync (>= 1.5x), fidelity {first.fidelity}: {verdict}")
+        unchanged = mig.get("no change")
+        if unchanged:
+            ok = unchanged.wall <= TARGETS["unchanged_s"]
+            out.append(f"{corpus}: no-change re-run {unchanged.wall:.2f} s (<= 0.3 s): {'MET' if ok else 'not met'}")
+        added = next((r for run, r in mig.items() if run.startswith("+")), None)
+        if added:
+            ok = added.wall <= TARGETS["added_s"] and added.fidelity == "exact"
+            out.append(f"{corpus}: {added.run} re-run {added.wall:.2f} s (<= 0.5 s): {'MET' if ok else 'not met'}")
+        peak = max(r.peak_rss for r in mig.values()) / 1e6
+        out.append(f"{corpus}: peak RSS {peak:.0f} MB (<= 200 MB): {'MET' if peak <= TARGETS['rss_mb'] else 'not met'}")
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m integration.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=10_000, help="messages in the single mailbox (default 10,000)")
+    p.add_argument("--mailboxes", type=int, default=20, help="mailboxes in the batch corpus (default 20)")
+    p.add_argument("--per-mailbox", type=int, default=500, help="messages per batch mailbox (default 500)")
+    p.add_argument("--added", type=int, default=100, help="new messages before the third run (default 100)")
+    p.add_argument("--tools", default="migrator,mbsync,offlineimap", help="comma-separated: " + ",".join(TOOLS))
+    p.add_argument("--corpus", choices=["both", "single", "batch"], default="both")
+    p.add_argument("--quick", action="store_true", help="1,000 messages; 4 mailboxes of 100")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--migrator-args", default="", help="extra arguments for migrator copy/run")
+    p.add_argument("--json", type=Path, help="also write the rows and the machine as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the server's directory (for inspection)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.messages, args.mailboxes, args.per_mailbox = 1000, 4, 100
+    unknown = set(args.tools.split(",")) - set(TOOLS)
+    if unknown:
+        p.error(f"unknown tool(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    tools = [t for t in args.tools.split(",") if t]
+    parent = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    if parent is None:
+        print("warning: no tmpfs at /dev/shm; numbers on disk swing 1.5-3x between runs", file=sys.stderr)
+    info = machine()
+    server = DovecotServer(layout="slash", parent_dir=parent)
+    server.start()
+    work = Path(tempfile.mkdtemp(prefix="migrator-bench-", dir=parent))
+    rows: list[Row] = []
+    try:
+        added = max(args.added // max(args.mailboxes, 1), 1)
+        corpora = []
+        if args.corpus in ("both", "single"):
+            label = f"{args.messages:,} msgs, 1 mailbox"
+            corpora.append(Corpus("single", label, ["srcsingle"], [args.seed], args.messages, args.added))
+        if args.corpus in ("both", "batch"):
+            users = [f"srcbatch{i:02d}" for i in range(args.mailboxes)]
+            seeds = [args.seed * 1000 + i for i in range(args.mailboxes)]
+            label = f"{args.mailboxes} mailboxes x {args.per_mailbox}"
+            corpora.append(Corpus("batch", label, users, seeds, args.per_mailbox, added))
+        for corpus in corpora:
+            rows.extend(bench_corpus(server, corpus, tools, work, args))
+    finally:
+        if not args.keep:
+            server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept: server {server.root}, work {work}")
+    print()
+    for key, value in info.items():
+        print(f"{key}: {value}")
+    for name in tools:
+        tool_cls = TOOLS[name]
+        probe = tool_cls(name=name, workdir=Path("."), host="", port=0, password="")
+        if probe.available():
+            print(f"{name}: {probe.version()}")
+    print()
+    print(table(rows))
+    print()
+    for line in targets(rows):
+        print(line)
+    if args.json:
+        payload = {
+            "machine": info,
+            "rows": [{**asdict(r), "msgs_per_s": r.msgs_per_s, "mb_per_s": r.mb_per_s} for r in rows],
+            "targets": targets(rows),
+        }
+        args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    failed = Counter(r.tool for r in rows if r.returncode != 0)
+    return 1 if failed.get("migrator") else 0
