@@ -371,7 +371,9 @@ class MailboxRun:
         done = frozenset() if validity_changed else fs.done
         pending = frozenset() if validity_changed else fs.pending
         reconciled = fs.reconciled and not validity_changed
-        cursor = None if validity_changed else fs.cursor
+        # unconfirmed sends (a crash) and failed messages need the whole listing again:
+        # an incremental listing would not show them, being unchanged at the source
+        cursor = None if (validity_changed or fs.pending or fs.failed) else fs.cursor
         # a retry lists again: listing counters restart, what was copied stays counted
         copied_before = fstats.copied
         self.stats.set(jid, fstats, listed=0, done=0, skipped=0, matched=0, to_copy=0, bytes_to_copy=0)

@@ -99,6 +99,7 @@ class FolderState:
     pending: frozenset[str]  # source ids sent but not confirmed (a crash happened)
     known: bool  # the folder has a row
     cursor: str | None = None  # incremental listing position
+    failed: frozenset[str] = frozenset()  # source ids whose copy failed (tried again next run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,14 +246,18 @@ class State:
             if row is None:
                 return FolderState(None, False, frozenset(), frozenset(), False)
             validity, reconciled, cursor = row
-            done, pending = set(), set()
+            done: set[str] = set()
+            pending: set[str] = set()
+            failed: set[str] = set()
             for src_id, status in self.db.execute(
                 "select src_id, status from messages where job = ? and source = ? and src_folder = ?"
-                " and src_validity is ? and status in ('copied', 'matched', 'pending')",
+                " and src_validity is ? and status in ('copied', 'matched', 'pending', 'failed')",
                 [ref.job, ref.source, fk, validity],
             ):
-                (pending if status == "pending" else done).add(src_id)
-            return FolderState(validity, bool(reconciled), frozenset(done), frozenset(pending), True, cursor)
+                {"pending": pending, "failed": failed}.get(status, done).add(src_id)
+            return FolderState(
+                validity, bool(reconciled), frozenset(done), frozenset(pending), True, cursor, frozenset(failed)
+            )
 
     def set_folder(self, ref: FolderRef) -> None:
         """Record the folder's validity and destination. A changed validity drops the
