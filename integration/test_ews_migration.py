@@ -18,7 +18,11 @@ against Microsoft's schemas (the ``ews`` fixture fails the test at teardown othe
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -30,7 +34,7 @@ import pytest
 from integration.corpus import CorpusMessage, generate, load_maildir
 from integration.dovecot import DovecotServer
 from integration.ews import fixtures
-from integration.ews.mailboxes import ews_path, snapshot
+from integration.ews.mailboxes import ews_path, seed, snapshot
 from integration.ews.server import EwsServer
 from integration.snapshot import Snapshot, diff_snapshots, snapshot_imap
 
@@ -66,7 +70,13 @@ def runs(state: Path) -> list[tuple[int, int, str]]:
 
 
 def write_plan(
-    tmp_path: Path, dovecot: DovecotServer, ews_server: EwsServer, imap_user: str, smtp: str, to_ews: bool
+    tmp_path: Path,
+    dovecot: DovecotServer,
+    ews_server: EwsServer,
+    imap_user: str,
+    smtp: str,
+    to_ews: bool,
+    batch_messages: int = 500,
 ) -> Path:
     imap = f"{{type: imap, host: {dovecot.host}, port: {dovecot.imap_port}, security: none, password_env: IMAP_PW}}"
     exch = (
@@ -81,6 +91,7 @@ state: ews.db
 endpoints:
   imap: {imap}
   exchange: {exch}
+defaults: {{batch_messages: {batch_messages}}}
 source: {"imap" if to_ews else "exchange"}
 destination: {"exchange" if to_ews else "imap"}
 mailboxes:
@@ -152,3 +163,151 @@ def test_imap_to_ews_keeps_folders_bytes_flags_dates_and_rerun_copies_nothing(
     state = (tmp_path / "ews.db").read_bytes()
     assert EWS_PW.encode() not in state and PW.encode() not in state
     assert EWS_PW not in first.stdout + first.stderr + second.stdout + second.stderr
+
+
+@pytest.mark.parametrize("mode", ["item", "fault"])
+def test_server_busy_on_every_tenth_create_item_loses_nothing_and_duplicates_nothing(
+    dovecot, imap_source, ews, tmp_path, mode, record_property
+):
+    """``item``: one item of every tenth CreateItem is throttled while the others are
+    stored (a blind re-send of the batch would duplicate them); ``fault``: the whole
+    request is refused with a SOAP fault. Either way the client must wait the
+    BackOffMilliseconds asked for before its next request."""
+    user, src_snap = imap_source
+    smtp = f"busy-{mode}@example.org"
+    mbx = ews.store.add_mailbox(smtp, EWS_PW)
+    ews.faults.busy_every = 10
+    ews.faults.busy_mode = mode
+    ews.faults.busy_backoff_ms = 150
+    plan = write_plan(tmp_path, dovecot, ews, user, smtp, to_ews=True, batch_messages=20)
+    out, seconds = timed_run(plan)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert diff_snapshots(expected_in_exchange(src_snap), snapshot(mbx, ews.store.lock, exported=False)) == []
+    creates = ews.ops_named("CreateItem")
+    busy = [w for w in ews.backoff_waits if w.waited is not None]
+    assert len(creates) >= 60 and len(busy) >= len(creates) // 10 - 1
+    assert all(w.obeyed for w in ews.backoff_waits), [(w.asked, w.waited) for w in ews.backoff_waits]
+    waits = sorted(w.waited for w in busy)
+    record_property(f"busy_{mode}_waits", f"{len(waits)} waits, min {waits[0]:.3f}s, max {waits[-1]:.3f}s")
+    print(
+        f"busy ({mode}): {len(waits)} back-offs of 0.150s asked; waited {waits[0]:.3f}..{waits[-1]:.3f}s; "
+        f"{COUNT / seconds:.1f} msg/s"
+    )
+    ((copied, matched, status),) = runs(tmp_path / "ews.db")
+    assert (copied, matched, status) == (COUNT, 0, "ok")
+
+
+@pytest.fixture
+def exchange_source(ews, messages) -> tuple[str, Snapshot]:
+    """An Exchange mailbox holding the corpus as received items (seeded in the server)."""
+    smtp = "carol@example.org"
+    mbx = ews.store.add_mailbox(smtp, EWS_PW)
+    assert seed(mbx, messages, ews.store.lock) == COUNT
+    return smtp, snapshot(mbx, ews.store.lock, exported=True, to_imap=True)
+
+
+def parsed_fields(raw: bytes) -> tuple[str, ...]:
+    """What a reader sees: Message-ID, Subject, Date, From, and each decoded leaf part."""
+    msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    parts = [str(msg.get(h, "")) for h in ("Message-ID", "Subject", "Date", "From")]
+    for part in msg.walk():
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True) or b""
+            parts.append(hashlib.sha256(payload.replace(b"\r\n", b"\n")).hexdigest())
+    return tuple(parts)
+
+
+def imap_bodies(dovecot: DovecotServer, user: str) -> list[bytes]:
+    import imapclient
+
+    client = imapclient.IMAPClient(dovecot.host, port=dovecot.imap_port, ssl=False, timeout=60)
+    out: list[bytes] = []
+    try:
+        client.login(user, PW)
+        for _, _, name in client.list_folders():
+            client.select_folder(name, readonly=True)
+            uids = client.search("ALL")
+            for start in range(0, len(uids), 200):
+                for data in client.fetch(uids[start : start + 200], ["BODY.PEEK[]"]).values():
+                    out.append(data[b"BODY[]"])
+    finally:
+        client.logout()
+    return out
+
+
+def test_ews_to_imap_keeps_folders_fields_flags_dates_and_rerun_copies_nothing(
+    dovecot, new_user, ews, exchange_source, messages, tmp_path, record_property
+):
+    smtp, expected = exchange_source
+    user = new_user(dovecot, PW)
+    plan = write_plan(tmp_path, dovecot, ews, user, smtp, to_ews=False)
+    first, seconds = timed_run(plan)
+    assert first.returncode == 0, first.stdout + first.stderr
+    got = non_empty(snapshot_imap(dovecot.host, dovecot.imap_port, user, PW))
+    # exactly the MIME Exchange exports, in the mapped folders, with flags and received dates
+    assert diff_snapshots(expected, got) == []
+    # ... which is not what Exchange was given: the parsed fields are the originals'
+    bodies = imap_bodies(dovecot, user)
+    assert sorted(map(parsed_fields, bodies)) == sorted(parsed_fields(m.raw) for m in messages)
+    assert not {m.raw for m in messages} & set(bodies)
+    record_property("ews_to_imap_messages_per_second", round(COUNT / seconds, 1))
+    print(f"EWS -> IMAP: {COUNT} messages in {seconds:.1f}s = {COUNT / seconds:.1f} msg/s")
+    before = len(ews.exchanges)
+    second, _ = timed_run(plan)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert non_empty(snapshot_imap(dovecot.host, dovecot.imap_port, user, PW)) == got
+    (c1, _, s1), (c2, m2, s2) = runs(tmp_path / "ews.db")
+    assert (c1, s1, c2, m2, s2) == (COUNT, "ok", 0, 0, "ok")
+    # the second run asked only for changes since the saved sync states, and fetched nothing
+    again = ews.exchanges[before:]
+    syncs = [x for x in again if x.op == "SyncFolderItems"]
+    assert syncs and all(x.sync_state_sent for x in syncs)
+    assert not [x for x in again if x.op == "GetItem"]
+
+
+def cursors(state: Path) -> dict[str, str]:
+    with sqlite3.connect(state) as db:
+        return {f: c for f, c in db.execute("select src_folder, cursor from folders where cursor is not null")}
+
+
+def test_ews_to_imap_resumes_mid_folder_from_the_saved_sync_state_after_kill_9(
+    dovecot, new_user, ews, exchange_source, tmp_path
+):
+    smtp, expected = exchange_source
+    user = new_user(dovecot, PW)
+    plan = write_plan(tmp_path, dovecot, ews, user, smtp, to_ews=False)
+    ews.faults.delay["GetItem"] = 0.05  # slow enough to be killed in the middle of the inbox
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "migrator", "run", str(plan)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **ENV},
+    )
+    inbox = ews.store.mailbox(smtp).distinguished["inbox"]
+
+    def inbox_syncs() -> list:
+        return [x for x in ews.ops_named("SyncFolderItems") if x.folder == inbox]
+
+    try:
+        deadline = time.monotonic() + 120
+        while len(inbox_syncs()) < 3:  # inbox pages 1 and 2 done, page 3 asked for
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run did not reach the third inbox page"
+            time.sleep(0.02)
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    saved = cursors(tmp_path / "ews.db")
+    assert saved, "no sync state was saved before the kill"
+    inbox_before = len(inbox_syncs())
+    ews.faults.delay.clear()
+    again, _ = timed_run(plan)
+    assert again.returncode == 0, again.stdout + again.stderr
+    resumed = inbox_syncs()[inbox_before:]
+    assert resumed[0].sync_state_sent, "the resumed run listed the inbox from the start"
+    assert resumed[0].sync_state_sent in saved.values()
+    got = non_empty(snapshot_imap(dovecot.host, dovecot.imap_port, user, PW))
+    assert diff_snapshots(expected, got) == []  # nothing lost, nothing twice
+    _, (copied, _, status) = runs(tmp_path / "ews.db")
+    assert status == "ok" and 0 < copied < COUNT

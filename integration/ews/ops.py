@@ -258,7 +258,10 @@ def _messages(op_name: str) -> tuple[etree._Element, etree._Element]:
 
 def _error(op: Op, msgs: etree._Element, op_name: str, code: str, text: str | None = None, **kw: object) -> None:
     op.codes.append(code)
-    msgs.append(response_message(f"{op_name}ResponseMessage", code, text, **kw))  # type: ignore[arg-type]
+    msg = response_message(f"{op_name}ResponseMessage", code, text, **kw)  # type: ignore[arg-type]
+    if op_name in ("CreateItem", "GetItem"):  # ItemInfoResponseMessageType: Items is required, empty on errors
+        sub(msg, m("Items"))
+    msgs.append(msg)
 
 
 def _ok(op: Op, msgs: etree._Element, op_name: str) -> etree._Element:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Faults:
     busy_backoff_ms: int = 200
     max_item_bytes: int | None = None  # ErrorMessageSizeExceeded above this MIME size
     oneshots: list[OneShot] = field(default_factory=list)
+    delay: dict[str, float] = field(default_factory=dict)  # operation -> seconds to sleep before answering
 
 
 @dataclass
@@ -83,13 +85,15 @@ class Exchange:
     codes: list[str] = field(default_factory=list)
     fault: str | None = None
     sync_state_sent: str | None = None  # SyncFolderItems: the SyncState the client sent
+    folder: str | None = None  # SyncFolderItems, CreateItem, FindItem: the folder id acted on
     items: int = 0  # CreateItem: items in the request
     dropped: bool = False
+    client: str = ""  # login and client port: one TCP connection
 
 
 @dataclass
 class BackoffWait:
-    login: str
+    client: str
     asked: float
     waited: float | None = None  # None: no request came afterwards
 
@@ -128,7 +132,7 @@ class EwsServer:
         class Handler(_Handler):
             ews = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _HttpServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
@@ -186,7 +190,7 @@ class EwsServer:
         with self._lock:
             out = list(self.validation_errors)
             out += [
-                f"{w.login} sent its next request {w.waited:.3f}s after ErrorServerBusy asking for {w.asked:.3f}s"
+                f"{w.client} sent its next request {w.waited:.3f}s after ErrorServerBusy asking for {w.asked:.3f}s"
                 for w in self.backoff_waits
                 if not w.obeyed
             ]
@@ -197,15 +201,15 @@ class EwsServer:
         assert not problems, "EWS test server problems:\n" + "\n".join(problems[:30])
 
     # ------------------------------------------------------------------ request handling
-    def _record_backoff(self, login: str, ended: float, seconds: float) -> None:
+    def _record_backoff(self, client: str, ended: float, seconds: float) -> None:
         with self._lock:
-            w = BackoffWait(login, seconds)
+            w = BackoffWait(client, seconds)
             self.backoff_waits.append(w)
-            self._pending_backoff[login] = (ended, w)
+            self._pending_backoff[client] = (ended, w)
 
-    def _note_request(self, login: str, started: float) -> None:
+    def _note_request(self, client: str, started: float) -> None:
         with self._lock:
-            pending = self._pending_backoff.pop(login, None)
+            pending = self._pending_backoff.pop(client, None)
         if pending is not None:
             ended, w = pending
             w.waited = started - ended
@@ -223,7 +227,10 @@ class EwsServer:
 
     def handle(self, handler: _Handler, login: str, body: bytes) -> None:
         started = time.monotonic()
-        self._note_request(login, started)
+        # back-offs are owed per connection (Exchange asks the client to wait before it
+        # retries; other connections of the same login get their own answers)
+        client = f"{login} from port {handler.client_address[1]}"
+        self._note_request(client, started)
         try:
             root = etree.fromstring(body)
         except etree.XMLSyntaxError as exc:
@@ -238,7 +245,7 @@ class EwsServer:
         op_name = local(req.tag)
         to_check = [req] + (list(header) if header is not None else [])
         problems = self.validator.problems(to_check)
-        ex = Exchange(op_name, login, "", started)
+        ex = Exchange(op_name, login, "", started, client=client)
         with self._lock:
             self.exchanges.append(ex)
         if problems:
@@ -257,6 +264,9 @@ class EwsServer:
                 impersonate = (imp[0].text or "").strip().lower()
         if op_name == "SyncFolderItems":
             ex.sync_state_sent = req.findtext(f"{{{ops.M}}}SyncState") or ""
+        target = req.find(f".//{t('FolderId')}")
+        if target is not None:
+            ex.folder = target.get("Id")
         if op_name == "CreateItem":
             items = req.find(f"{{{ops.M}}}Items")
             ex.items = len(items) if items is not None else 0
@@ -301,6 +311,9 @@ class EwsServer:
             orders=self._orders,
             item_hook=hook,
         )
+        pause = self.faults.delay.get(op_name)
+        if pause:
+            time.sleep(pause)
         handler_fn = ops.HANDLERS.get(op_name)
         try:
             if handler_fn is None:
@@ -326,7 +339,7 @@ class EwsServer:
         ex.ended = time.monotonic()
         busy = [c for c in op.codes if c == "ErrorServerBusy"]
         if busy:
-            self._record_backoff(login, ex.ended, self.faults.busy_backoff_ms / 1000)
+            self._record_backoff(client, ex.ended, self.faults.busy_backoff_ms / 1000)
 
     def _item_hook(self, victim: int | None) -> Any:
         faults = self.faults
@@ -382,13 +395,24 @@ class EwsServer:
         handler.send_xml(500, to_bytes(env))
         ex.ended = time.monotonic()
         if exc.code == "ErrorServerBusy" and exc.back_off_ms is not None:
-            self._record_backoff(ex.login, ex.ended, exc.back_off_ms / 1000)
+            self._record_backoff(ex.client, ex.ended, exc.back_off_ms / 1000)
 
     def _invalid(self, handler: _Handler, login: str, started: float, problem: str) -> None:
         with self._lock:
             self.validation_errors.append(problem)
             self.exchanges.append(Exchange("?", login, "", started, time.monotonic(), 400))
         handler.send_plain(400, problem.encode(), {})
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (killed, timed out) is not an error of the server."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

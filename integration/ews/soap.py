@@ -10,6 +10,7 @@ assert the record is empty.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -56,31 +57,35 @@ def el(tag: str, text: str | None = None, **attrs: str) -> etree._Element:
 
 class SchemaValidator:
     """Microsoft's messages.xsd (+ types.xsd), loaded once per instance (about 2 s).
-
-    Thread-safe: xmlschema validation does not mutate the schema, but the lock keeps
-    the lazily built internal caches from being raced on first use."""
+    Validation only reads the schema, so threads may validate at the same time."""
 
     def __init__(self, schema_dir: Path = SCHEMA_DIR):
         self.schema = xmlschema.XMLSchema10(str(schema_dir / "messages.xsd"))
         self._lock = threading.Lock()
         self._elements = self.schema.maps.elements
+        self.seconds = 0.0  # time spent validating (for performance notes)
 
     def problems(self, elements: Iterable[etree._Element]) -> list[str]:
         """Validation errors of each element (a global element of the EWS schemas)."""
         out: list[str] = []
+        started = time.perf_counter()
+        try:
+            self._check(elements, out)
+        finally:
+            with self._lock:
+                self.seconds += time.perf_counter() - started
+        return out
+
+    def _check(self, elements: Iterable[etree._Element], out: list[str]) -> None:
         for elem in elements:
             decl = self._elements.get(elem.tag)
             if decl is None:
                 out.append(f"{elem.tag}: not an element of the EWS schemas")
                 continue
-            with self._lock:
-                for err in decl.iter_errors(elem):
-                    reason = err.reason or str(err)
-                    path = err.path or ""
-                    out.append(f"{local(elem.tag)}: {reason} at {path}")
-                    if len(out) > 20:
-                        return out
-        return out
+            for err in decl.iter_errors(elem):
+                out.append(f"{local(elem.tag)}: {err.reason or err} at {err.path or ''}")
+                if len(out) > 20:
+                    return
 
 
 def envelope(body_child: etree._Element | None, version: str, header: bool = True) -> etree._Element:

@@ -418,15 +418,29 @@ class _Policy(FailFast):
         super().raise_response_errors(response)
 
 
+def _large_chunks(response: Any, *args: Any, **kwargs: Any) -> Any:
+    """A requests response hook: exchangelib parses every answer from
+    ``response.iter_content()``, whose default chunk is one byte (about 1 MB/s of MIME
+    on a fast machine); hand it 64 KiB chunks instead."""
+    read = type(response).iter_content
+
+    def iter_content(chunk_size: int | None = 64 * 1024, decode_unicode: bool = False) -> Any:
+        return read(response, chunk_size, decode_unicode)
+
+    response.iter_content = iter_content
+    return response
+
+
 class _Protocol(Protocol):
     """The class each connection's Protocol gets after creation: sessions verify TLS
-    as the endpoint says (a CA file, or not at all)."""
+    as the endpoint says (a CA file, or not at all) and read answers in large chunks."""
 
     migrator_verify: bool | str = True
 
     def create_session(self) -> Any:
         session = super().create_session()
         session.verify = self.migrator_verify
+        session.hooks.setdefault("response", []).append(_large_chunks)
         return session
 
 
