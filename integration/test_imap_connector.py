@@ -460,3 +460,36 @@ def test_internaldate_round_trip(when: datetime) -> None:
     assert text.startswith(b'"') and text.endswith(b'"') and len(text) == 28
     back = parse_internaldate(text[1:-1])
     assert back == when and back is not None and back.utcoffset() == when.utcoffset()
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"Message-ID: <a@b>\r\n\r\n",
+        b"message-id:   <a@b>  \r\n\r\n",
+        b"Message-ID:\r\n <folded@b>\r\n\r\n",
+        b"Message-Id: <a b@c>\r\n\r\n",
+        b"Message-ID: <first@b>\r\nMessage-ID: <second@b>\r\n\r\n",
+        b"Message-ID: \t<tab@b>\r\n\r\n",
+        b"Message-ID: \xc3\xa4@b\r\n\r\n",
+        b"\r\n",
+        b"Message-ID:\r\n\r\n",
+    ],
+)
+def test_listing_message_id_matches_the_model(block: bytes) -> None:
+    from migrator.connectors.imap import _message_id
+    from migrator.model import message_id_from_header_block
+
+    assert _message_id(block) == message_id_from_header_block(block)
+
+
+def test_wire_fast_and_general_fetch_parsers_agree() -> None:
+    header = b"Message-ID: <x@y>\r\n\r\n"
+    dovecot = b'* 3 FETCH (UID 17 RFC822.SIZE 99 FLAGS (\\Seen $Work) INTERNALDATE " 4-Mar-2019 05:06:07 +0530" '
+    reordered = b'* 3 FETCH (FLAGS (\\Seen $Work) UID 17 INTERNALDATE " 4-Mar-2019 05:06:07 +0530" RFC822.SIZE 99 '
+    items = []
+    for head in (dovecot, reordered):
+        wire, _ = wire_on(head + b"BODY[HEADER.FIELDS (MESSAGE-ID)] {%d}\r\n%s)\r\nW1 OK\r\n" % (len(header), header))
+        items.append(wire.uid_fetch("17", b"(UID)").items[0])
+    assert items[0] == items[1]
+    assert (items[0].uid, items[0].size, items[0].header, items[0].body) == (17, 99, header, None)

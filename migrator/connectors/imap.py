@@ -241,17 +241,38 @@ def _flags_to_str(flags: Sequence[bytes | str] | None) -> frozenset[str]:
     return frozenset(out)
 
 
-def _meta(item: FetchItem, message_id: str | None = None) -> MessageMeta:
-    """MessageMeta of a parsed FETCH item (listing: Message-ID from its header field)."""
-    if message_id is None and item.header:
-        message_id = message_id_from_header_block(item.header)
-    return MessageMeta(
-        id=str(item.uid),
-        size=item.size if item.size is not None else 0,
-        flags=_flags_to_str(item.flags),
-        internal_date=parse_internaldate(item.internal_date) if item.internal_date else None,
-        message_id=message_id,
-    )
+def _message_id(block: bytes) -> str | None:
+    """The Message-ID of a BODY[HEADER.FIELDS (MESSAGE-ID)] block (one unfolded line
+    the quick way; anything else through the general header reader)."""
+    if block.count(b"\n") == 2 and block[:11].lower() == b"message-id:" and block.endswith(b"\r\n\r\n"):
+        value = block[11:-4].strip()
+        if value and b" " not in value and b"\t" not in value:
+            return value.decode("utf-8", "surrogateescape")
+    return message_id_from_header_block(block)
+
+
+class _Metas:
+    """Builds MessageMeta from FETCH items, remembering the flag sets it has seen
+    (a mailbox has few distinct ones). One per store: no shared state."""
+
+    def __init__(self) -> None:
+        self._flags: dict[tuple[bytes, ...], frozenset[str]] = {}
+
+    def flags(self, raw: list[bytes] | None) -> frozenset[str]:
+        key = tuple(raw or ())
+        got = self._flags.get(key)
+        if got is None:
+            got = self._flags[key] = _flags_to_str(raw)
+        return got
+
+    def meta(self, item: FetchItem) -> MessageMeta:
+        return MessageMeta(
+            id=str(item.uid),
+            size=item.size if item.size is not None else 0,
+            flags=self.flags(item.flags),
+            internal_date=parse_internaldate(item.internal_date) if item.internal_date else None,
+            message_id=_message_id(item.header) if item.header else None,
+        )
 
 
 def _aware(value: Any) -> datetime | None:
@@ -467,6 +488,7 @@ class ImapStore:
         self._selected: tuple[str, bool] | None = None  # (decoded name, read-only) of the selected folder
         self._status_cache: dict[str, FolderStatus] = {}  # from the last list_folders, by decoded name
         self._listed: dict[FolderPath, FolderInfo] = {}  # selectable folders of the last list_folders
+        self._metas = _Metas()
         self.command_counts: Counter[str] = Counter()
         self._wire = self._install_wire(client)
         with self._guard("capabilities"):
@@ -898,7 +920,7 @@ class ImapStore:
         for item in (*changed, *new):
             if item.uid not in seen:
                 seen.add(item.uid)
-                metas.append(_meta(item))
+                metas.append(self._metas.meta(item))
         metas.sort(key=lambda m: int(m.id))
         return ListingPage(metas, cursor=cursor.encode(), vanished=[str(u) for u in vanished], complete=False)
 
@@ -929,7 +951,7 @@ class ImapStore:
             for item in got.items:
                 if item.uid >= lo and item.size is not None and item.uid not in seen:
                     seen.add(item.uid)
-                    metas.append(_meta(item))
+                    metas.append(self._metas.meta(item))
             metas.sort(key=lambda m: int(m.id))
             yield ListingPage(metas, cursor=final if last else None, complete=True)
 
@@ -987,7 +1009,7 @@ class ImapStore:
             meta = MessageMeta(
                 id=old.id,
                 size=item.size if item.size is not None else len(item.body),
-                flags=_flags_to_str(item.flags),
+                flags=self._metas.flags(item.flags),
                 internal_date=(parse_internaldate(item.internal_date) if item.internal_date else None)
                 or old.internal_date,
                 message_id=old.message_id,
