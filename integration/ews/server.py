@@ -69,6 +69,7 @@ class Faults:
     busy_every: int = 0  # every n-th CreateItem request is throttled (0: never)
     busy_mode: Literal["item", "fault"] = "item"
     busy_backoff_ms: int = 200
+    busy_limit: int | None = None  # at most this many throttled requests (None: no limit)
     max_item_bytes: int | None = None  # ErrorMessageSizeExceeded above this MIME size
     oneshots: list[OneShot] = field(default_factory=list)
     delay: dict[str, float] = field(default_factory=dict)  # operation -> seconds to sleep before answering
@@ -114,6 +115,7 @@ class EwsServer:
         self._pending_backoff: dict[str, tuple[float, BackoffWait]] = {}
         self._lock = threading.Lock()
         self._create_count = 0
+        self._busy_sent = 0
         self._orders = {
             name: {c: i for i, c in enumerate(self._sequence(name))} for name in ("MessageType", "FolderType")
         }
@@ -285,8 +287,10 @@ class EwsServer:
             with self._lock:
                 self._create_count += 1
                 nth = self._create_count
-            every = self.faults.busy_every
-            if every and nth % every == 0:
+            every, limit = self.faults.busy_every, self.faults.busy_limit
+            if every and nth % every == 0 and (limit is None or self._busy_sent < limit):
+                with self._lock:
+                    self._busy_sent += 1
                 if self.faults.busy_mode == "fault":
                     self._send_fault(
                         handler,

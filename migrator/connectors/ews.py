@@ -180,6 +180,7 @@ SYNC_PAGE = 100  # SyncFolderItems MaxChangesReturned
 FIND_PAGE = 500  # FindItem page size
 ROUNDS = 8  # attempts of one append batch before giving up with TransientError
 LOOKUP_CHUNK = 50  # stamps per FindItem restriction
+TOKEN_CHECK = 60.0  # seconds between looks at migrator.auth for a newer OAuth2 token
 
 VERSIONS = {
     "exchange2007_sp1": EXCHANGE_2007_SP1,
@@ -550,6 +551,7 @@ class EwsStore:
         self._cache: dict[str, tuple[MessageMeta, bytes]] = {}
         self._closed = False
         self._oauth = account.oauth is not None or opts.get("auth") == "oauth2"
+        self._token_checked = time.monotonic()
         self._xacc, self._config = self._connect()
         try:
             self._root = self._read("open the mailbox", lambda: self._xacc.msg_folder_root)
@@ -695,6 +697,7 @@ class EwsStore:
         """Run an idempotent request, waiting and retrying on throttling and transient
         failures (up to ROUNDS attempts); other errors are raised classified."""
         refreshed = False
+        self._check_token()
         for attempt in range(1, ROUNDS + 1):
             try:
                 return fn()
@@ -711,9 +714,25 @@ class EwsStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _renew_token(self) -> None:
+        """Take the current token from migrator.auth and start new sessions with it."""
         creds = self._xacc.protocol.credentials
         if isinstance(creds, _BearerCredentials):
             creds.refresh(None)
+            self._xacc.protocol.close()
+        self._token_checked = time.monotonic()
+
+    def _check_token(self) -> None:
+        """Every TOKEN_CHECK seconds, switch to the token migrator.auth hands out now (it
+        refreshes tokens before they expire; a run may last days)."""
+        if not self._oauth or time.monotonic() - self._token_checked < TOKEN_CHECK:
+            return
+        creds = self._xacc.protocol.credentials
+        if not isinstance(creds, _BearerCredentials):
+            return
+        current = self._token()
+        self._token_checked = time.monotonic()
+        if creds.access_token is None or creds.access_token.get("access_token") != current:
+            creds.access_token = {"access_token": current, "token_type": "Bearer"}
             self._xacc.protocol.close()
 
     def _soap(self, svc: Any, payload: Any) -> list[Any]:
@@ -1084,7 +1103,17 @@ class EwsStore:
 
     def _create(self, fobj: Folder, msgs: list[Message]) -> list[_Outcome]:
         """One CreateItem request; one outcome per item. Raises what the transport or a
-        request-level fault raises."""
+        request-level fault raises. An OAuth2 token the server no longer takes (HTTP 401:
+        nothing was stored) is renewed once."""
+        try:
+            return self._create_once(fobj, msgs)
+        except UnauthorizedError:
+            if not self._oauth:
+                raise
+            self._renew_token()
+            return self._create_once(fobj, msgs)
+
+    def _create_once(self, fobj: Folder, msgs: list[Message]) -> list[_Outcome]:
         svc = CreateItem(account=self._xacc)
         payload = svc.get_payload(
             items=msgs, folder=fobj, message_disposition=SAVE_ONLY, send_meeting_invitations=SEND_TO_NONE
@@ -1126,6 +1155,7 @@ class EwsStore:
     def append(self, folder: FolderInfo, items: Sequence[tuple[MessageMeta, bytes]]) -> list[str | None]:
         if not items:
             return []
+        self._check_token()
         fobj = self._folder_obj(folder)
         where = f"append to {'/'.join(folder.path)!r}"
         keys = [source_key(meta.id, raw) for meta, raw in items]
