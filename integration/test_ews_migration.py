@@ -311,3 +311,60 @@ def test_ews_to_imap_resumes_mid_folder_from_the_saved_sync_state_after_kill_9(
     assert diff_snapshots(expected, got) == []  # nothing lost, nothing twice
     _, (copied, _, status) = runs(tmp_path / "ews.db")
     assert status == "ok" and 0 < copied < COUNT
+
+
+def small_message(n: int, extra: bytes = b"") -> bytes:
+    return (
+        f"From: a@example.org\r\nTo: b@example.org\r\nSubject: small {n}\r\n"
+        f"Date: Tue, 03 Mar 2020 10:00:00 +0000\r\nMessage-ID: <small-{n}@example.org>\r\n".encode()
+        + extra
+        + f"\r\nbody {n}\r\n".encode()
+        + b"x" * 2000
+        + b"\r\n"
+    )
+
+
+def test_a_refused_message_is_recorded_and_a_full_mailbox_stops_alone(dovecot, new_user, ews, tmp_path):
+    """ErrorCorruptData for one message: recorded against it, the others are copied.
+    ErrorQuotaExceeded: that mailbox stops with a clear error, the other mailbox goes on."""
+    import imapclient
+
+    users = [new_user(dovecot, PW), new_user(dovecot, PW)]
+    for user in users:
+        client = imapclient.IMAPClient(dovecot.host, port=dovecot.imap_port, ssl=False, timeout=30)
+        client.login(user, PW)
+        for n in range(10):
+            extra = b"X-Test-EWS-Reject: ErrorCorruptData\r\n" if (user == users[0] and n == 4) else b""
+            client.append("INBOX", small_message(n, extra), [b"\\Seen"])
+        client.logout()
+    alice = ews.store.add_mailbox("alice@example.org", EWS_PW)
+    bob = ews.store.add_mailbox("bob@example.org", EWS_PW, quota_bytes=20_000)
+    plan = tmp_path / "two.yaml"
+    plan.write_text(
+        f"""version: 1
+name: two
+state: two.db
+endpoints:
+  imap: {{type: imap, host: {dovecot.host}, port: {dovecot.imap_port}, security: none, password_env: IMAP_PW}}
+  exchange: {{type: ews, service_endpoint: '{ews.url}', version: Exchange2016, auth: basic, password_env: EWS_PW}}
+defaults: {{batch_messages: 3}}
+source: imap
+destination: exchange
+mailboxes:
+  - {{id: alice, source: {{user: {users[0]}}}, destination: {{user: 'alice@example.org'}}}}
+  - {{id: bob, source: {{user: {users[1]}}}, destination: {{user: 'bob@example.org'}}}}
+""",
+        encoding="utf-8",
+    )
+    out = migrator("run", str(plan), env=ENV)
+    assert out.returncode == 1, out.stdout + out.stderr
+    inbox = alice.folders[alice.distinguished["inbox"]]
+    assert sorted(i.parsed.subject for i in inbox.items.values()) == sorted(f"small {n}" for n in range(10) if n != 4)
+    assert 0 < len(bob.folders[bob.distinguished["inbox"]].items) < 10
+    with sqlite3.connect(tmp_path / "two.db") as db:
+        errors = list(db.execute("select job, kind, message from errors order by id"))
+    refused = [e for e in errors if e[0] == "alice"]
+    assert [e[1] for e in refused] == ["message"] and "ErrorCorruptData" in refused[0][2]
+    full = [e for e in errors if e[0] == "bob"]
+    assert [e[1] for e in full] == ["quota"] and "quota" in full[0][2]
+    assert "ErrorCorruptData" in out.stdout + out.stderr and "quota" in (out.stdout + out.stderr).lower()
