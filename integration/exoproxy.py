@@ -76,6 +76,7 @@ class Event:
     conn: int
     kind: str  # "append", "throttled", "toobig", "longline", "bye-expired", "login", "rewritten"
     detail: str = ""
+    mailbox: str = ""  # the APPEND's target folder (as sent, mUTF-7), for APPEND events
 
 
 @dataclass(slots=True)
@@ -141,9 +142,9 @@ class ExoProxy:
         with self._counters.lock:
             return list(self._counters.events)
 
-    def record(self, conn: int, kind: str, detail: str = "") -> None:
+    def record(self, conn: int, kind: str, detail: str = "", mailbox: str = "") -> None:
         with self._counters.lock:
-            self._counters.events.append(Event(time.monotonic(), conn, kind, detail))
+            self._counters.events.append(Event(time.monotonic(), conn, kind, detail, mailbox))
 
     def next_append(self) -> int:
         with self._counters.lock:
@@ -310,10 +311,12 @@ class _Session:
     def _append_refused(self, tag: bytes, parts: list[tuple[bytes, bytes | None]]) -> bool:
         """Apply the APPEND rules; True when answered here (not forwarded)."""
         body = next((lit for _, lit in reversed(parts) if lit is not None), b"")
+        m = re.match(rb'\S+ APPEND ("(?:[^"\\]|\\.)*"|\S+)', parts[0][0], re.IGNORECASE)
+        mailbox = m.group(1).strip(b'"').decode("ascii", "replace") if m else ""
         n = self.proxy.next_append()
         rules = self.rules
         if rules.throttle_every and n % rules.throttle_every == 0:
-            self.proxy.record(self.cid, "throttled", str(rules.backoff_ms))
+            self.proxy.record(self.cid, "throttled", str(rules.backoff_ms), mailbox)
             text = f"Request is throttled. Suggested Backoff Time: {rules.backoff_ms} milliseconds"
             if rules.throttle_style == "bad-bye":
                 self._to_client(tag + b" BAD " + text.encode() + b"\r\n* BYE Connection closed. 14\r\n")
@@ -343,7 +346,7 @@ class _Session:
                     if lit is not None:
                         parts[i] = (_LITERAL.sub(f"{{{len(new_body)}}}\r\n".encode(), line), new_body)
                         break
-        self.proxy.record(self.cid, "append", str(len(body)))
+        self.proxy.record(self.cid, "append", str(len(body)), mailbox)
         return False
 
 
