@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from migrator.connectors.base import Destination, ListingPage, Source, open_store
 from migrator.errors import (
@@ -52,6 +52,7 @@ DEFAULT_MAX_CONNECTIONS = 8  # per endpoint, across all mailboxes of a run
 
 def link_success(link: Link) -> Callable[[], None]:
     def ok() -> None:
+        link.progress += 1
         for limit in link._slots:
             limit.succeeded()
 
@@ -75,15 +76,32 @@ class DeletionRefused(MigratorError):
     """The deletion guard: a mirror run would delete too large a share."""
 
 
-def _wait(options: RunOptions) -> Callable[[RetryCallState], float]:
-    base = wait_exponential(multiplier=0.5, max=options.max_wait)
+class RetryBudget:
+    """Retries counted between moments of progress: a big folder on a flaky link that
+    keeps confirming batches is not given up after ``retries`` faults in total, only
+    after ``retries`` faults in a row without anything confirmed; the wait restarts
+    small after progress too. A server's back-off hint always wins."""
 
-    def wait(rs: RetryCallState) -> float:
+    def __init__(self, retries: int, max_wait: float, progress: Callable[[], int]):
+        self.retries = retries
+        self.max_wait = max_wait
+        self.progress = progress
+        self.mark = progress()
+        self.stalls = 0
+
+    def stop(self, rs: RetryCallState) -> bool:
+        now = self.progress()
+        if now != self.mark:
+            self.mark, self.stalls = now, 0
+        self.stalls += 1
+        return self.stalls > self.retries
+
+    def wait(self, rs: RetryCallState) -> float:
         exc = rs.outcome.exception() if rs.outcome else None
         hint = getattr(exc, "backoff_seconds", None)
-        return float(hint) if hint else base(rs)
-
-    return wait
+        if hint:
+            return float(hint)
+        return min(self.max_wait, 0.5 * 2 ** (self.stalls - 1))
 
 
 def endpoint_key(account: Account) -> str:
@@ -112,6 +130,7 @@ class Link:
         self.src: Source | None = None
         self.dst: Destination | None = None
         self._slots: list[AdaptiveLimit] = []
+        self.progress = 0  # confirmed batches; a retry after progress starts its budget afresh
 
     def _reserve(self) -> None:
         """Take the connection slots of both sides at once, endpoints in a fixed order."""
@@ -195,10 +214,11 @@ class MailboxRun:
             link.throttled()  # throttled or failing: fewer connections to that server (AIMD)
             link.disconnect()
 
+        budget = RetryBudget(self.job.options.retries, self.options.max_wait, lambda: link.progress)
         return Retrying(
             retry=retry_if_exception(is_retryable),
-            stop=stop_after_attempt(self.job.options.retries + 1),
-            wait=_wait(self.options),
+            stop=budget.stop,
+            wait=budget.wait,
             before_sleep=before_sleep,
             reraise=True,
         )
@@ -373,7 +393,8 @@ class MailboxRun:
         reconciled = fs.reconciled and not validity_changed
         # unconfirmed sends (a crash) and failed messages need the whole listing again:
         # an incremental listing would not show them, being unchanged at the source
-        cursor = None if (validity_changed or fs.pending or fs.failed) else fs.cursor
+        cursor = None if (validity_changed or fs.pending or fs.failed or self.options.dry_run) else fs.cursor
+        # (a dry run reports whole folders, so it lists them completely too)
         # a retry lists again: listing counters restart, what was copied stays counted
         copied_before = fstats.copied
         self.stats.set(jid, fstats, listed=0, done=0, skipped=0, matched=0, to_copy=0, bytes_to_copy=0)
@@ -546,19 +567,19 @@ class MailboxRun:
     def _mirror_deleted_folders(self, link: Link, label: str, mapped: set[FolderPath], plan: FolderPlan) -> None:
         _, dst = link.connect()
         known = self.state.known_folders(self.job.id, label)
-        gone = [(s, d) for s, d in known if s not in mapped]
+        gone = [ref for ref in known if ref.path not in mapped]
         if not gone:
             return
         still_used = {fm.dest_path for fm in plan.maps}
-        n = sum(len(self.state.done_rows(FolderRef(self.job.id, label, s, None, d))) for s, d in gone)
-        total = sum(len(self.state.done_rows(FolderRef(self.job.id, label, s, None, d))) for s, d in known)
+        n = sum(len(self.state.done_rows(ref)) for ref in gone)
+        total = sum(len(self.state.done_rows(ref)) for ref in known)
         self._guard(f"{len(gone)} deleted folder(s)", n, max(total, 1))
-        for s, d in gone:
+        for ref in gone:
             if self.options.dry_run:
                 continue
-            if d not in still_used and d != ("INBOX",) and dst.capabilities.can_delete_at_destination:
-                dst.delete_folder(d)  # type: ignore[attr-defined]
-            self.state.forget_folder(FolderRef(self.job.id, label, s, None, d))
+            if ref.dst not in still_used and ref.dst != ("INBOX",) and dst.capabilities.can_delete_at_destination:
+                dst.delete_folder(ref.dst)  # type: ignore[attr-defined]
+            self.state.forget_folder(ref)
 
     def _delete_at_source(
         self, link: Link, src: Source, folder: FolderInfo, ref: FolderRef, fstats: FolderStats

@@ -80,15 +80,25 @@ def flags_text(flags: Iterable[str]) -> str:
     return json.dumps(sorted(flags), ensure_ascii=False)
 
 
+NO_VALIDITY = 0  # stored for stores without UIDVALIDITY (IMAP's is never 0, RFC 3501)
+
+
 @dataclass(frozen=True, slots=True)
 class FolderRef:
-    """Which folder of which source of which job, and where it goes."""
+    """Which folder of which source of which job, and where it goes.
+
+    ``validity`` None (POP3, Maildir, mbox) is stored as 0: NULL would make every row
+    distinct in the primary key (SQLite), so an upsert would never find its row."""
 
     job: str
     source: str
     path: FolderPath
     validity: int | None
     dst: FolderPath
+
+    def __post_init__(self) -> None:
+        if self.validity is None:
+            object.__setattr__(self, "validity", NO_VALIDITY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +255,7 @@ class State:
             ).fetchone()
             if row is None:
                 return FolderState(None, False, frozenset(), frozenset(), False)
-            validity, reconciled, cursor = row
+            validity, reconciled, cursor = row  # validity as stored (0: none) for the query below
             done: set[str] = set()
             pending: set[str] = set()
             failed: set[str] = set()
@@ -255,8 +265,9 @@ class State:
                 [ref.job, ref.source, fk, validity],
             ):
                 {"pending": pending, "failed": failed}.get(status, done).add(src_id)
+            shown = None if validity == NO_VALIDITY else validity
             return FolderState(
-                validity, bool(reconciled), frozenset(done), frozenset(pending), True, cursor, frozenset(failed)
+                shown, bool(reconciled), frozenset(done), frozenset(pending), True, cursor, frozenset(failed)
             )
 
     def set_folder(self, ref: FolderRef) -> None:
@@ -320,13 +331,14 @@ class State:
             self.db.execute("delete from messages where job = ? and source = ? and src_folder = ?", where)
             self.db.execute("delete from folders where job = ? and source = ? and src_folder = ?", where)
 
-    def known_folders(self, job: str, source: str) -> list[tuple[FolderPath, FolderPath]]:
-        """(source path, destination path) of every folder this source had."""
+    def known_folders(self, job: str, source: str) -> list[FolderRef]:
+        """Every folder this source had, as it was recorded (validity included)."""
         with self._lock:
             return [
-                (tuple(json.loads(src)), tuple(json.loads(dst)))
-                for src, dst in self.db.execute(
-                    "select src_folder, dst_folder from folders where job = ? and source = ?", [job, source]
+                FolderRef(job, source, tuple(json.loads(src)), validity, tuple(json.loads(dst)))
+                for src, dst, validity in self.db.execute(
+                    "select src_folder, dst_folder, src_validity from folders where job = ? and source = ?",
+                    [job, source],
                 )
             ]
 

@@ -219,14 +219,12 @@ class FolderCopy:
         self.state.mark_pending(self.ref, [(m, hashes.get(m.id)) for m, _ in items], self.run_id)
         try:
             ids = self.dst.append(self.dst_folder, items)
-        except MessageError:
-            if len(items) == 1:
-                raise
+        except MessageError as exc:
+            if len(items) == 1:  # refused alone: this message fails, the copy goes on
+                self._failed(items[0][0], str(exc))
+                return
             for item in items:  # find the culprit: one by one
-                try:
-                    self._append([item])
-                except MessageError as exc:
-                    self._failed(item[0], str(exc))
+                self._append([item])
             return
         self.state.mark_copied(
             self.ref, [(m, d, hashes.get(m.id)) for (m, _), d in zip(items, ids, strict=True)], self.run_id

@@ -106,8 +106,24 @@ def test_flags_source_deletion_and_forgetting(tmp_path):
     st.mark_source_deleted(ref, ["1"])
     row = st.done_rows(ref)["1"]
     assert row.flags == {"\\Seen", "Work"} and row.src_deleted
-    assert st.known_folders("j", "src") == [(("A",), ("A",))]
+    assert [(r.path, r.dst, r.validity) for r in st.known_folders("j", "src")] == [(("A",), ("A",), 3)]
     st.forget_messages(ref, ["1"])
     assert st.done_rows(ref) == {}
     st.forget_folder(ref)
     assert st.known_folders("j", "src") == []
+
+
+def test_stores_without_validity_upsert_one_row_per_message(tmp_path):
+    """POP3, Maildir and mbox have no UIDVALIDITY: pending then copied must stay ONE row
+    (a NULL in the primary key would make SQLite insert a second one)."""
+    st = State.open(tmp_path / "p.db")
+    ref = R(("INBOX",), None)
+    st.set_folder(ref)
+    st.mark_pending(ref, [(M("1"), None)], 1)
+    st.mark_copied(ref, [(M("1"), "d1", None)], 1)
+    rows = st.db.execute("select status from messages").fetchall()
+    assert rows == [("copied",)]
+    fs = st.folder_state(ref)
+    assert fs.validity is None and fs.done == {"1"} and fs.pending == frozenset()
+    st.set_folder(ref)  # same (absent) validity: nothing dropped
+    assert st.folder_state(ref).done == {"1"}
