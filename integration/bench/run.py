@@ -12,6 +12,12 @@ internal dates, counts per folder). Ratios are against mbsync, within this run.
     python -m integration.bench                     # everything (OfflineIMAP takes minutes)
     python -m integration.bench --quick             # 1,000 messages, 4 mailboxes of 100
     python -m integration.bench --tools migrator,mbsync --json bench.json
+    python -m integration.bench --corpus courier    # a server with Courier's capabilities
+
+The "courier" corpus runs on a second Dovecot in the Courier layout ("INBOX." and
+".") that advertises what Courier-IMAP 5 does (no MULTIAPPEND, LITERAL+, CONDSTORE,
+QRESYNC, LIST-STATUS, ESEARCH): what each client's protocol fallbacks cost, on the
+same server engine. (Real Courier also differs in its own per-command cost.)
 """
 
 from __future__ import annotations
@@ -39,6 +45,20 @@ from integration.dovecot import DovecotServer
 from integration.snapshot import Snapshot, snapshot_imap
 
 PASSWORD = "bench-pw"
+# what Courier-IMAP 5.0 advertises after login (ACL left out: this server has none)
+COURIER_CAPABILITY = "IMAP4rev1 UIDPLUS CHILDREN NAMESPACE THREAD=ORDEREDSUBJECT THREAD=REFERENCES SORT IDLE"
+
+
+class CourierLikeDovecot(DovecotServer):
+    """Dovecot in the Courier layout, advertising Courier's capabilities only."""
+
+    def __init__(self, parent_dir: str | None) -> None:
+        super().__init__(layout="courier", parent_dir=parent_dir)
+
+    def _config(self, login_user: str, internal_user: str) -> str:
+        return super()._config(login_user, internal_user) + f"imap_capability = {COURIER_CAPABILITY}\n"
+
+
 TARGETS = {"first_ratio": 1.5, "unchanged_s": 0.3, "added_s": 0.5, "rss_mb": 200.0}
 
 
@@ -142,7 +162,11 @@ def load_corpus(server: DovecotServer, corpus: Corpus) -> None:
     for user, seed in zip(corpus.sources, corpus.seeds, strict=True):
         server.add_user(user, PASSWORD)
         info = load_maildir(
-            generate(corpus.count, seed=seed), server.maildir(user), uid=server.mail_uid, gid=server.mail_gid
+            generate(corpus.count, seed=seed),
+            server.maildir(user),
+            layout=server.layout,
+            uid=server.mail_uid,
+            gid=server.mail_gid,
         )
         server.force_resync(user)
         corpus.messages += int(info["messages"])  # type: ignore[call-overload]
@@ -158,7 +182,7 @@ def add_new(server: DovecotServer, corpus: Corpus) -> int:
         client = imapclient.IMAPClient(server.host, port=server.imap_port, ssl=False, timeout=60)
         try:
             client.login(user, PASSWORD)
-            load_imap(fresh, client, folders=[])
+            load_imap(fresh, client, separator=server.separator, prefix=server.prefix, folders=[])
         finally:
             client.logout()
         total += sum(len(m.raw) for m in fresh)
@@ -328,7 +352,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--per-mailbox", type=int, default=500, help="messages per batch mailbox (default 500)")
     p.add_argument("--added", type=int, default=100, help="new messages before the third run (default 100)")
     p.add_argument("--tools", default="migrator,mbsync,offlineimap", help="comma-separated: " + ",".join(TOOLS))
-    p.add_argument("--corpus", choices=["both", "single", "batch"], default="both")
+    p.add_argument(
+        "--corpus",
+        action="append",
+        choices=["single", "batch", "courier"],
+        help="which corpora (repeatable; default: single and batch)",
+    )
     p.add_argument("--quick", action="store_true", help="1,000 messages; 4 mailboxes of 100")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--migrator-args", default="", help="extra arguments for migrator copy/run")
@@ -337,6 +366,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.messages, args.mailboxes, args.per_mailbox = 1000, 4, 100
+    args.corpus = args.corpus or ["single", "batch"]
     unknown = set(args.tools.split(",")) - set(TOOLS)
     if unknown:
         p.error(f"unknown tool(s): {', '.join(sorted(unknown))}")
@@ -350,29 +380,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if parent is None:
         print("warning: no tmpfs at /dev/shm; numbers on disk swing 1.5-3x between runs", file=sys.stderr)
     info = machine()
-    server = DovecotServer(layout="slash", parent_dir=parent)
-    server.start()
+    servers: dict[str, DovecotServer] = {}
     work = Path(tempfile.mkdtemp(prefix="migrator-bench-", dir=parent))
     rows: list[Row] = []
     try:
         added = max(args.added // max(args.mailboxes, 1), 1)
-        corpora = []
-        if args.corpus in ("both", "single"):
+        corpora: list[tuple[str, Corpus]] = []
+        if "single" in args.corpus:
             label = f"{args.messages:,} msgs, 1 mailbox"
-            corpora.append(Corpus("single", label, ["srcsingle"], [args.seed], args.messages, args.added))
-        if args.corpus in ("both", "batch"):
+            corpora.append(("dovecot", Corpus("single", label, ["srcsingle"], [args.seed], args.messages, args.added)))
+        if "batch" in args.corpus:
             users = [f"srcbatch{i:02d}" for i in range(args.mailboxes)]
             seeds = [args.seed * 1000 + i for i in range(args.mailboxes)]
             label = f"{args.mailboxes} mailboxes x {args.per_mailbox}"
-            corpora.append(Corpus("batch", label, users, seeds, args.per_mailbox, added))
-        for corpus in corpora:
-            rows.extend(bench_corpus(server, corpus, tools, work, args))
+            corpora.append(("dovecot", Corpus("batch", label, users, seeds, args.per_mailbox, added)))
+        if "courier" in args.corpus:
+            label = f"{args.messages:,} msgs, Courier caps"
+            corpora.append(
+                ("courier", Corpus("courier", label, ["srccourier"], [args.seed], args.messages, args.added))
+            )
+        for kind, corpus in corpora:
+            if kind not in servers:
+                server = CourierLikeDovecot(parent) if kind == "courier" else DovecotServer("slash", parent)
+                servers[kind] = server.start()
+            rows.extend(bench_corpus(servers[kind], corpus, tools, work, args))
     finally:
         if not args.keep:
-            server.stop()
+            for server in servers.values():
+                server.stop()
             shutil.rmtree(work, ignore_errors=True)
         else:
-            print(f"kept: server {server.root}, work {work}")
+            print(f"kept: servers {[str(s.root) for s in servers.values()]}, work {work}")
     print()
     for key, value in info.items():
         print(f"{key}: {value}")

@@ -666,7 +666,8 @@ class ImapStore:
         raw_list = [i for i in self._imap.untagged_responses.get("LIST", []) if i not in (b"", None)]
         statuses = self._status_responses(self._imap.untagged_responses.get("STATUS", []))
         out = []
-        pending: list[tuple[int, str]] = []  # (index in out, name) still without STATUS
+        names: list[str] = []  # the server's (decoded) name of each entry of ``out``
+        pending: list[str] = []  # selectable names still without STATUS
         for flags, _sep, name in self._conn._proc_folder_list(raw_list):
             name = str(name)
             if exact is not None and name != exact:
@@ -679,15 +680,13 @@ class ImapStore:
             special = next((_SPECIAL_BY_UPPER[a] for a in attrs if a in _SPECIAL_BY_UPPER), None)
             status = statuses.get(name) if selectable else None
             if selectable and status is None and not list_status:
-                pending.append((len(out), name))
+                pending.append(name)
             out.append(FolderInfo(path=path, special_use=special, validity=None, selectable=selectable))
-            if status is not None:
-                statuses[name] = status
+            names.append(name)
         if pending:
-            statuses.update(self._status_many([name for _, name in pending], full_status))
+            statuses.update(self._status_many(pending, full_status))
         result = []
-        for info in out:
-            name = self.namespace.encode(info.path)
+        for info, name in zip(out, names, strict=True):
             status = statuses.get(name) if info.selectable else None
             if status is not None and full_status:
                 self._status_cache[name] = status
@@ -911,10 +910,12 @@ class ImapStore:
             new = [i for i in listed if i.uid >= old.uidnext]
             changed = [i for i in listed if i.uid < old.uidnext]
             vanished = sorted({u for u in got.vanished if u < old.uidnext})
-            if not self._qresync:
-                below = (wire.exists if wire.exists is not None else now.messages or 0) - len({i.uid for i in new})
-                if below != old.exists:
-                    return None  # something below the old UIDNEXT was expunged: only a full listing tells what
+            # messages below the old UIDNEXT now; fewer than the cursor's count minus
+            # what VANISHED named (a superset of what really went) means expunges we
+            # were not told about: only a complete listing can tell which
+            below = (wire.exists if wire.exists is not None else now.messages or 0) - len({i.uid for i in new})
+            if below < old.exists - len(vanished) or (not self._qresync and below != old.exists):
+                return None
         seen: set[int] = set()
         metas = []
         for item in (*changed, *new):

@@ -335,9 +335,9 @@ class Wire:
             return
         if head.startswith(b"VANISHED"):
             earlier, uids = _vanished(rest)
-            if sink is not None and earlier:
+            if sink is not None:
                 sink.vanished.extend(uids)
-            elif self.exists is not None:
+            if not earlier and self.exists is not None:  # expunged now, in this session's view
                 self.exists -= len(uids)
             return
         first, _, tail = rest.partition(b" ")
