@@ -501,3 +501,37 @@ class TestEwsContract(ConnectorContract):
             assert [raw_ for _, raw_ in src.fetch(f, listed)] == [mime.export(raw)] * 2
         finally:
             src.close()
+
+
+def test_ntlm_login(ews, tmp_path, monkeypatch):
+    users = tmp_path / "ntlm-users"
+    users.write_text("CORP:alice:Ntlm-Secret-5\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(users))
+    ews.ntlm = True
+    mbx = ews.store.add_mailbox(SMTP, None)
+    ews.store.login_mailbox["CORP\\alice"] = SMTP
+    store = open_ews(ews.account(SMTP, password="Ntlm-Secret-5", auth="ntlm", login="CORP\\alice"), "destination")
+    try:
+        store.append(store.ensure_folder(("INBOX",)), [item(1), item(2)])
+    finally:
+        store.close()
+    assert len(items_of(mbx, ("Inbox",))) == 2
+    assert {x.login for x in ews.exchanges} == {"CORP\\alice"}
+    with pytest.raises(AuthError) as info:
+        open_ews(ews.account(SMTP, password="Wrong-Ntlm-9", auth="ntlm", login="CORP\\alice"), "source")
+    assert "Wrong-Ntlm-9" not in str(info.value)
+
+
+def test_a_message_exchange_cannot_export_is_listed_and_not_fetched(open_store, mbx):
+    from integration.ews.mailboxes import ensure_path
+
+    folder = ensure_path(mbx, ("Odd",))
+    good = mbx.add_item(folder, raw_message(1), {("tag", 0x0E07): ("Integer", "2")}, None, [], datetime.now(UTC))
+    bad_raw = raw_message(2, headers=(b"X-Test-EWS-Unreadable: yes",))
+    bad = mbx.add_item(folder, bad_raw, {("tag", 0x0E07): ("Integer", "2")}, None, [], datetime.now(UTC))
+    store = open_store("source")
+    info = store.find_folder(("Odd",))
+    (page,) = list(store.list_pages(info, None))
+    assert {m.id for m in page.messages} == {good.id, bad.id}
+    assert [m.id for m, _ in store.fetch(info, page.messages)] == [good.id]
+    assert "ErrorMimeContentConversionFailed" in store.unreadable[bad.id]

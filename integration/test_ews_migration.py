@@ -142,6 +142,9 @@ def test_imap_to_ews_keeps_folders_bytes_flags_dates_and_rerun_copies_nothing(
     smtp = "alice@example.org"
     mbx = ews.store.add_mailbox(smtp, EWS_PW)
     plan = write_plan(tmp_path, dovecot, ews, user, smtp, to_ews=True)
+    dry = migrator("run", str(plan), "--dry-run", env=ENV)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert not [x for x in ews.exchanges if x.op in ("CreateFolder", "CreateItem")]  # a dry run writes nothing
     first, seconds = timed_run(plan)
     assert first.returncode == 0, first.stdout + first.stderr
     got = snapshot(mbx, ews.store.lock, exported=False)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from lxml import etree
 
+from integration.ews import mime
 from integration.ews.soap import M, T, el, local, m, response_message, sub, t
 from integration.ews.store import (
     PR_INTERNET_MESSAGE_ID,
@@ -36,6 +37,7 @@ from integration.ews.store import (
 )
 
 PR_FLAG_STATUS = 0x1090
+UNREADABLE_HEADER = b"X-Test-EWS-Unreadable:"  # GetItem cannot export such an item's MIME
 FLAG_NAMES = {0: "NotFlagged", 1: "Complete", 2: "Flagged"}
 FOLDER_TAGS = {"IPF.Appointment": "CalendarFolder", "IPF.Contact": "ContactsFolder", "IPF.Task": "TasksFolder"}
 FOLDER_ELEMENTS = ("Folder", "CalendarFolder", "ContactsFolder", "TasksFolder", "SearchFolder")
@@ -435,6 +437,9 @@ def get_item(op: Op, req: etree._Element) -> etree._Element:
             _error(op, msgs, "GetItem", "ErrorItemNotFound", "The specified object was not found in the store.")
             continue
         folder, item = found
+        if shape.mime and UNREADABLE_HEADER in mime.split(item.mime)[0]:
+            _error(op, msgs, "GetItem", "ErrorMimeContentConversionFailed", "Content conversion failed.")
+            continue
         msg = _ok(op, msgs, "GetItem")
         sub(msg, m("Items")).append(item_xml(op, folder, item, shape))
     return resp

@@ -9,10 +9,12 @@ Usage::
         ...
         server.assert_clean()   # every request and response validated, back-offs obeyed
 
-Authentication: HTTP Basic (login + password from the store) and OAuth2 bearer
-tokens (``store.add_impersonator(app, token=...)``). NTLM is not implemented on the
-server side (the connector's NTLM path is exchangelib + requests_ntlm, unchanged);
-a request with anything else gets 401.
+Authentication: HTTP Basic (login + password from the store), OAuth2 bearer tokens
+(``store.add_impersonator(app, token=...)``) and NTLM when ``ntlm_users`` is set:
+pyspnego's NTLM acceptor checks the NTLMv2 answer against the credentials in the file
+NTLM_USER_FILE names (``DOMAIN:user:password`` lines; the environment variable is the
+caller's to set), and, as IIS does, the TCP connection stays authenticated. The login
+is then ``DOMAIN\\user``. Anything else gets 401.
 
 Faults (``server.faults``): ErrorServerBusy with BackOffMilliseconds on every n-th
 CreateItem (as a SOAP fault for the whole request, or for one item of the batch while
@@ -122,6 +124,7 @@ class EwsServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self.ntlm = False  # offer and accept NTLM (see the module docstring)
 
     def _sequence(self, type_name: str) -> list[str]:
         xsd_type = self.validator.schema.maps.types[f"{{{ops.T}}}{type_name}"]
@@ -438,10 +441,37 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    ntlm_login: str | None = None  # this connection passed an NTLM handshake as ...
+    _ntlm: Any = None  # a handshake in progress on this connection
+
+    def _ntlm_step(self, token: str) -> str | None:
+        """One NTLM leg: None when the client must send another message (the 401 with
+        the challenge has been sent), else the login."""
+        import spnego
+        from spnego.exceptions import SpnegoError
+
+        if self._ntlm is None:
+            self._ntlm = spnego.server(protocol="ntlm")
+        try:
+            out = self._ntlm.step(base64.b64decode(token))
+        except (SpnegoError, ValueError):
+            self._ntlm = None
+            self.send_plain(401, b"unauthorized", {"WWW-Authenticate": "NTLM"})
+            return None
+        if not self._ntlm.complete:
+            challenge = "NTLM " + base64.b64encode(out or b"").decode()
+            self.send_plain(401, b"unauthorized", {"WWW-Authenticate": challenge})
+            return None
+        self.ntlm_login = str(self._ntlm.client_principal)
+        self._ntlm = None
+        return self.ntlm_login
+
     def _login(self) -> str | None:
         auth = self.headers.get("Authorization", "")
         scheme, _, value = auth.partition(" ")
         store = self.ews.store
+        if not auth and self.ntlm_login is not None:
+            return self.ntlm_login
         if scheme.lower() == "basic":
             try:
                 user, _, password = base64.b64decode(value).decode("utf-8").partition(":")
@@ -458,9 +488,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?")[0].lower() != PATH.lower():
             self.send_plain(404, b"not found", {})
             return
-        login = self._login()
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "ntlm" and self.ews.ntlm:
+            login = self._ntlm_step(token.strip())
+            if login is None:
+                return  # the challenge (or a refusal) was sent
+        else:
+            login = self._login()
         if login is None:
-            self.send_plain(401, b"unauthorized", {"WWW-Authenticate": 'Basic realm="ews"'})
+            offer = 'Basic realm="ews"' if not self.ews.ntlm else "NTLM"
+            self.send_plain(401, b"unauthorized", {"WWW-Authenticate": offer})
             return
         self.ews.handle(self, login, body)
 

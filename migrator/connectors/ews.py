@@ -160,6 +160,11 @@ __all__ = [
 log = logging.getLogger("migrator.ews")
 T = TypeVar("T")
 
+# exchangelib logs every request's HTTP headers (Authorization included) and XML at DEBUG:
+# whatever the root logger's level, its loggers never go below INFO.
+if logging.getLogger("exchangelib").level < logging.INFO:
+    logging.getLogger("exchangelib").setLevel(logging.INFO)
+
 PROPERTY_SET = "8f0c1f5e-5a3b-4c39-9d7e-6b1d2a7c4e91"  # migrator's named-property set (fixed forever)
 MSGFLAG_READ = 0x1
 MSGFLAG_UNMODIFIED = 0x2
@@ -542,6 +547,7 @@ class EwsStore:
             incremental=True,
         )
         self.waits: list[float] = []  # back-offs obeyed, in seconds (for reports and tests)
+        self.unreadable: dict[str, str] = {}  # item id -> why Exchange would not export it
         self._lock = threading.Lock()
         self._dirs: dict[str, _Dir] | None = None
         self._by_path: dict[FolderPath, str] = {}
@@ -1038,6 +1044,11 @@ class EwsStore:
             if len(raw) <= budget:
                 self._cache[meta.id] = (meta, raw)
                 budget -= len(raw)
+        # an item Exchange cannot export is still listed (with its EWS size), so that the
+        # engine tries it and reports it instead of never seeing it
+        for i in items:
+            if i.id in self.unreadable:
+                metas.append(MessageMeta(id=i.id, size=int(getattr(i, "size", 0) or 0)))
         return metas
 
     def _get_mime(self, ids: Sequence[tuple[str, int]], folder: FolderInfo) -> Iterator[tuple[MessageMeta, bytes]]:
@@ -1058,10 +1069,16 @@ class EwsStore:
         def get() -> list[Any]:
             return list(self._xacc.fetch(ids=[ItemId(id=i) for i in ids], only_fields=list(FETCH_FIELDS)))
 
-        for item in self._read(f"fetch from {'/'.join(folder.path)!r}", get):
+        for item_id, item in zip(ids, self._read(f"fetch from {'/'.join(folder.path)!r}", get), strict=True):
             if isinstance(item, Exception):
-                if type(item).__name__ in ("ErrorItemNotFound", "ErrorInvalidIdMalformed"):
+                name = type(item).__name__
+                if name in ("ErrorItemNotFound", "ErrorInvalidIdMalformed"):
                     continue  # vanished meanwhile
+                if isinstance(item, ResponseMessageError):  # this item cannot be read; the others can
+                    reason = f"{name}: {self._mask(str(item))}"
+                    self.unreadable[item_id] = reason
+                    log.warning("%s: %s: cannot read a message (%s)", self._describe(), "/".join(folder.path), reason)
+                    continue
                 raise self._classify(item, f"fetch from {'/'.join(folder.path)!r}")
             raw = item.mime_content or b""
             if isinstance(raw, str):
