@@ -316,7 +316,6 @@ def test_pop3_to_imap_survives_random_sigkills(dovecot, new_user, tmp_path):
 # ----------------------------------------------------------------------------- Maildir -> IMAP
 
 
-@pytest.mark.xfail(strict=True, raises=StateInconsistent, reason=STATE_NULL_VALIDITY)
 def test_maildir_to_imap_survives_random_sigkills(dovecot, new_user, tmp_path):
     messages = list(generate(CORPUS, seed=13, max_attachment=MAX_ATTACHMENT))
     source = tmp_path / "src" / "Maildir"

@@ -148,12 +148,6 @@ def test_failed_message_is_named_then_fixed_and_verify_passes(dovecot, strict_de
     run_fail_fix_verify(plan, strict_dest, alice_dst, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: an incremental (CONDSTORE) source listing of an unchanged folder is empty, so a failed "
-    "message is never listed, hence never retried, after the cause is fixed (the saved cursor should be "
-    "ignored for folders with failed rows)",
-)
 def test_imap_source_failed_message_is_retried_after_fix(dovecot, strict_dest, new_user, tmp_path):
     alice_src, bob_src = new_user(dovecot, PW), new_user(dovecot, PW)
     load(dovecot, alice_src, corpus("vf", 24, big={8}))
