@@ -75,7 +75,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -404,7 +403,7 @@ def folder_validity(folder_id: str) -> int:
 
 # ---------------------------------------------------------------------- exchangelib plumbing
 class HttpStatusError(TransportError):
-    """An HTTP status that is not an EWS answer (502, 503, 504, a 500 without SOAP)."""
+    """An HTTP status that is not an EWS answer (429, 502, 503, 504, a 500 without SOAP)."""
 
     def __init__(self, status: int, retry_after: float | None):
         super().__init__(f"HTTP {status} from the EWS endpoint")
@@ -418,7 +417,7 @@ class _Policy(FailFast):
 
     def raise_response_errors(self, response: Any) -> None:
         status = response.status_code
-        if status in (502, 503, 504) or (status == 500 and not (response.content and is_xml(response.content))):
+        if status in (429, 502, 503, 504) or (status == 500 and not (response.content and is_xml(response.content))):
             retry = response.headers.get("Retry-After", "")
             raise HttpStatusError(status, float(retry) if retry.isdigit() else None)
         super().raise_response_errors(response)
@@ -548,7 +547,6 @@ class EwsStore:
         )
         self.waits: list[float] = []  # back-offs obeyed, in seconds (for reports and tests)
         self.unreadable: dict[str, str] = {}  # item id -> why Exchange would not export it
-        self._lock = threading.Lock()
         self._dirs: dict[str, _Dir] | None = None
         self._by_path: dict[FolderPath, str] = {}
         self._alias: dict[FolderPath, str] = {}
