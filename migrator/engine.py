@@ -38,7 +38,7 @@ from migrator.errors import (
     is_retryable,
 )
 from migrator.folders import FolderMap, FolderPlan, join, map_folders
-from migrator.march import hash_candidates, march, match_existing
+from migrator.march import altered_candidates, hash_candidates, march, match_altered, match_existing
 from migrator.model import SEEN, Account, FolderInfo, FolderPath, MailboxJob, MessageMeta
 from migrator.ratelimit import AdaptiveLimit, Budgets, ByteBudget, Limits
 from migrator.state import FolderRef, State
@@ -48,6 +48,11 @@ from migrator.transfer import DryRunDestination, FolderCopy, content_hash, previ
 log = logging.getLogger("migrator")
 
 DEFAULT_MAX_CONNECTIONS = 8  # per endpoint, across all mailboxes of a run
+
+
+def hashes(store: Source, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> dict[str, str]:
+    """Content hashes (transfer.content_hash) of ``msgs``, fetched from ``store``."""
+    return {m.id: content_hash(raw) for m, raw in store.fetch(folder, msgs)} if msgs else {}
 
 
 def link_success(link: Link) -> Callable[[], None]:
@@ -104,11 +109,23 @@ class RetryBudget:
         return min(self.max_wait, 0.5 * 2 ** (self.stalls - 1))
 
 
+PER_MAILBOX_LIMITS = {"exchange-online": 4}  # services that limit connections per mailbox, not per server
+
+
 def endpoint_key(account: Account) -> str:
-    """What a connection budget is counted against: the server, or the local path."""
+    """What a connection budget is counted against: the server, the mailbox for
+    services that limit per mailbox (Exchange Online), or the local path."""
+    if account.type in PER_MAILBOX_LIMITS:
+        return f"{account.type}://{account.user}@{account.host}:{account.port}"
     if account.host:
         return f"{account.type}://{account.host}:{account.port}"
     return f"{account.type}:{account.path}"
+
+
+def connection_cap(account: Account) -> int | None:
+    """The endpoint's own connection cap: its plan option, else the service's default."""
+    cap = account.options.get("max_connections")
+    return int(cap) if cap else PER_MAILBOX_LIMITS.get(account.type)
 
 
 @dataclass(slots=True)
@@ -142,7 +159,7 @@ class Link:
         for account in (self.account, self.run.job.destination):
             key = endpoint_key(account)
             need[key] = need.get(key, 0) + 1
-            maxima[key] = account.options.get("max_connections")
+            maxima[key] = connection_cap(account)
         for key in sorted(need):
             limit = budgets.for_key(key, maxima[key])
             limit.acquire(self.run.cancel, need[key])
@@ -176,9 +193,14 @@ class Link:
             limit.release()
         self._slots.clear()
 
-    def throttled(self) -> None:
+    def throttled(self, pause: float | None = None) -> None:
         for limit in self._slots:
-            limit.throttled()
+            limit.throttled(pause)
+
+    def wait_if_paused(self) -> None:
+        """Before sending: honour a back-off any connection to these endpoints was given."""
+        for limit in set(self._slots):
+            limit.wait_if_paused(self.run.cancel)
 
 
 class MailboxRun:
@@ -211,7 +233,9 @@ class MailboxRun:
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
             log.warning("%s: %s; reconnecting (attempt %d)", self.job.id, exc, rs.attempt_number + 1)
-            link.throttled()  # throttled or failing: fewer connections to that server (AIMD)
+            # throttled or failing: fewer connections to that server (AIMD); a back-off hint
+            # holds back every connection to it, not only this one
+            link.throttled(getattr(exc, "backoff_seconds", None))
             link.disconnect()
 
         budget = RetryBudget(self.job.options.retries, self.options.max_wait, lambda: link.progress)
@@ -418,7 +442,7 @@ class MailboxRun:
             todo = m.to_copy
             matched: list[tuple[MessageMeta, str]] = []
             if todo and (not reconciled or m.pending):
-                matched, todo = self._match_destination(src, dst, todo, dst_folder, ref)
+                matched, todo = self._match_destination(src, dst, todo, (src_folder, dst_folder), ref)
             already = max(len(m.done) - copied_before, 0)
             copied_before = max(copied_before - len(m.done), 0)
             self.stats.add(
@@ -453,6 +477,7 @@ class MailboxRun:
                     limits=self.shared.limits,
                     memory=self.shared.memory,
                     on_batch=link_success(link),
+                    before_send=link.wait_if_paused,
                 ).run(todo)
             elif self.options.dry_run and todo and dst.capabilities.adapts_messages:
                 preview_adaptations(
@@ -482,24 +507,36 @@ class MailboxRun:
 
     # ------------------------------------------------------------------ matching
     def _match_destination(
-        self, src: Source, dst: Destination, todo: list[MessageMeta], dst_folder: FolderInfo, ref: FolderRef
-    ) -> tuple[list[tuple[MessageMeta, str]], list[MessageMeta]]:
+        self, src: Source, dst: Destination, todo: list[MessageMeta], folders: tuple[FolderInfo, FolderInfo],
+        ref: FolderRef,
+    ) -> tuple[list[tuple[MessageMeta, str]], list[MessageMeta]]:  # fmt: skip
         """Which of ``todo`` are already at the destination (multiset match against the
         destination messages this source does not account for yet)."""
+        src_folder, dst_folder = folders
         dst_msgs = dst.list_messages(dst_folder)
         if not dst_msgs:
             return [], todo
         claimed = self.state.claimed(ref.job, ref.source, ref.dst)
         src_hash_msgs, dst_hash_msgs = hash_candidates(todo, dst_msgs)
         src_hashes = (
-            {m.id: content_hash(raw) for m, raw in src.fetch(FolderInfo(ref.path, None, ref.validity), src_hash_msgs)}
-            if src_hash_msgs
-            else {}
+            {m.id: content_hash(raw) for m, raw in src.fetch(src_folder, src_hash_msgs)} if src_hash_msgs else {}
         )
         dst_hashes = (
             {m.id: content_hash(raw) for m, raw in dst.fetch(dst_folder, dst_hash_msgs)} if dst_hash_msgs else {}
         )
-        matched, rest = match_existing(todo, dst_msgs, claimed, src_hashes, dst_hashes)
+        exact = dst.capabilities.exact_sizes
+        matched, rest = match_existing(todo, dst_msgs, claimed, src_hashes, dst_hashes, exact_sizes=exact)
+        # second chance: the same Message-ID at another size (a destination that altered the
+        # message when it stored it), confirmed by the line-ending-normalised content
+        maybe_src, maybe_dst = altered_candidates(rest, dst_msgs, {d for _, d in matched}, claimed)
+        if maybe_src:
+            src_norm = hashes(src, src_folder, maybe_src)
+            dst_norm = hashes(dst, dst_folder, maybe_dst)
+            also = match_altered(maybe_src, maybe_dst, src_norm, dst_norm)
+            if also:
+                matched += also
+                again = {m.id for m, _ in also}
+                rest = [m for m in rest if m.id not in again]
         if matched:
             self.state.mark_copied(
                 ref,

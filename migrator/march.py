@@ -70,12 +70,17 @@ def needs_content_hash(meta: MessageMeta) -> bool:
     return not meta.message_id
 
 
+def _sizeless(key: MatchKey) -> MatchKey:
+    return (key[0], key[1], 0) if key[0] == "mid" else key
+
+
 def match_existing(
     candidates: Sequence[MessageMeta],
     destination: Iterable[MessageMeta],
     claimed: Counter[MatchKey],
     source_hashes: Mapping[str, str] | None = None,
     dest_hashes: Mapping[str, str] | None = None,
+    exact_sizes: bool = True,
 ) -> tuple[list[tuple[MessageMeta, str]], list[MessageMeta]]:
     """Split ``candidates`` into (already at the destination, with the destination id
     they were matched to) and (still to copy).
@@ -83,15 +88,24 @@ def match_existing(
     Identity: Message-ID + size; for messages without Message-ID, content hash +
     size (``source_hashes`` by source id, ``dest_hashes`` by destination id; a
     message whose hash is unknown never matches). ``claimed`` counts destination
-    messages per identity that checkpoint rows already account for."""
+    messages per identity that checkpoint rows already account for.
+    ``exact_sizes`` False (a destination that rewrites MIME, like Exchange Online):
+    Message-ID alone identifies, still as a multiset."""
     source_hashes = source_hashes or {}
     dest_hashes = dest_hashes or {}
+
+    def key_of(mid: str | None, size: int, sha: str | None) -> MatchKey | None:
+        key = match_key(mid, size, sha)
+        return _sizeless(key) if key and not exact_sizes else key
+
     available: dict[MatchKey, list[str]] = defaultdict(list)
     for d in destination:
-        key = match_key(d.message_id, d.size, dest_hashes.get(d.id))
+        key = key_of(d.message_id, d.size, dest_hashes.get(d.id))
         if key:
             available[key].append(d.id)
-    remaining = Counter(claimed)
+    remaining: Counter[MatchKey] = Counter()
+    for key, n in claimed.items():
+        remaining[key if exact_sizes else _sizeless(key)] += n
     for key, ids in available.items():
         drop = min(remaining[key], len(ids))
         if drop:
@@ -99,13 +113,72 @@ def match_existing(
     matched: list[tuple[MessageMeta, str]] = []
     unmatched: list[MessageMeta] = []
     for meta in candidates:
-        key = match_key(meta.message_id, meta.size, source_hashes.get(meta.id))
+        key = key_of(meta.message_id, meta.size, source_hashes.get(meta.id))
         ids = available.get(key) if key else None
         if ids:
             matched.append((meta, ids.pop(0)))
         else:
             unmatched.append(meta)
     return matched, unmatched
+
+
+def altered_candidates(
+    unmatched: Sequence[MessageMeta],
+    destination: Sequence[MessageMeta],
+    matched_ids: set[str],
+    claimed: Counter[MatchKey],
+) -> tuple[list[MessageMeta], list[MessageMeta]]:
+    """Second chance for a destination that changed a message when it stored it (Dovecot
+    stores CR CR LF as CR LF; some servers add a final CRLF): the same Message-ID at a
+    different size. Returns (source, destination) messages worth comparing by their
+    line-ending-normalised content; destination messages that other checkpoint rows of
+    the same Message-ID still account for are left out."""
+    want = {m.message_id for m in unmatched if m.message_id}
+    if not want:
+        return [], []
+    claims: dict[str, Counter[int]] = defaultdict(Counter)  # Message-ID -> size -> rows
+    for key, n in claimed.items():
+        if key[0] == "mid" and key[1] in want:
+            claims[key[1]][key[2]] += n
+    left: dict[str, list[MessageMeta]] = defaultdict(list)
+    for d in destination:
+        if d.id not in matched_ids and d.message_id in want:
+            left[d.message_id].append(d)
+    dst_out: list[MessageMeta] = []
+    for mid, msgs in left.items():
+        by_size = claims[mid]
+        rest = []
+        for d in msgs:  # claims of exactly this size account for these first
+            if by_size[d.size] > 0:
+                by_size[d.size] -= 1
+            else:
+                rest.append(d)
+        spare = sum(by_size.values())  # claims whose copy the destination altered
+        dst_out.extend(rest[spare:])
+    if not dst_out:
+        return [], []
+    mids = {d.message_id for d in dst_out}
+    return [m for m in unmatched if m.message_id in mids], dst_out
+
+
+def match_altered(
+    src: Sequence[MessageMeta],
+    dst: Sequence[MessageMeta],
+    src_norm: Mapping[str, str],
+    dst_norm: Mapping[str, str],
+) -> list[tuple[MessageMeta, str]]:
+    """Pairs of (source, destination id) with the same Message-ID and the same normalised
+    content hash; each destination message is used once."""
+    pool: dict[tuple[str | None, str], list[str]] = defaultdict(list)
+    for d in dst:
+        if d.id in dst_norm:
+            pool[(d.message_id, dst_norm[d.id])].append(d.id)
+    out = []
+    for m in src:
+        ids = pool.get((m.message_id, src_norm.get(m.id, "")))
+        if ids:
+            out.append((m, ids.pop(0)))
+    return out
 
 
 def hash_candidates(

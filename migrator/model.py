@@ -50,6 +50,9 @@ class Capabilities:
     can_set_flags: bool = False  # Destination.set_flags works (mirror mode)
     can_delete_at_destination: bool = False  # Destination.delete / delete_folder work (mirror with delete)
     incremental: bool = False  # Source.list_pages takes a cursor and returns only changes
+    # The size a destination lists is the size it was given (False for a store that
+    # rebuilds MIME, like Exchange: there Message-ID alone identifies a message)
+    exact_sizes: bool = True
     # Characters a single folder-name part cannot contain at this store (its
     # hierarchy separator, "/" in Maildir++ names, ...). folders.py renames such
     # parts and reports the rename.

@@ -98,6 +98,7 @@ class AdaptiveLimit:
         self.grow_after = grow_after
         self._in_use = 0
         self._streak = 0
+        self._paused_until = 0.0
         self._cond = threading.Condition()
 
     def acquire(self, cancel: threading.Event | None = None, n: int = 1) -> None:
@@ -116,10 +117,30 @@ class AdaptiveLimit:
             self._in_use = max(0, self._in_use - n)
             self._cond.notify_all()
 
-    def throttled(self) -> None:
+    def throttled(self, pause: float | None = None) -> None:
+        """Halve the limit; with ``pause`` (a server's back-off hint, seconds) also hold
+        every user of this endpoint back until then, not only the one that was told."""
         with self._cond:
             self.limit = max(1, self.limit // 2)
             self._streak = 0
+            if pause:
+                self._paused_until = max(self._paused_until, time.monotonic() + pause)
+
+    def wait_if_paused(
+        self, cancel: threading.Event | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> float:
+        """Sleep until the endpoint's back-off has passed; returns the seconds slept."""
+        slept = 0.0
+        while True:
+            with self._cond:
+                left = self._paused_until - time.monotonic()
+            if left <= 0:
+                return slept
+            if cancel is not None and cancel.is_set():
+                raise KeyboardInterrupt
+            step = min(left, 0.5)
+            sleep(step)
+            slept += step
 
     def succeeded(self) -> None:
         with self._cond:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -20,9 +21,14 @@ from migrator.model import Capabilities, FolderInfo, FolderPath, MessageMeta
 from migrator.ratelimit import ByteBudget, Limits
 from migrator.state import FolderRef, State
 
+_LINE_END = re.compile(rb"\r*\n|\r")
+
 
 def content_hash(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
+    """SHA-256 of the message with every line ending as LF and no trailing ones: the
+    identity of a message without Message-ID, the same whether a store keeps it with
+    CRLF (IMAP, POP3), LF (mbox, Maildir files) or altered CR runs (Dovecot)."""
+    return hashlib.sha256(_LINE_END.sub(b"\n", raw).rstrip(b"\n")).hexdigest()
 
 
 class DryRunDestination:
@@ -130,6 +136,7 @@ class FolderCopy:
     limits: Limits | None = None  # --bwlimit / --max-messages-per-second
     memory: ByteBudget | None = None  # cap on message bytes in memory across all workers
     on_batch: Callable[[], None] | None = None  # a batch was confirmed (grows the connection budget)
+    before_send: Callable[[], None] | None = None  # waits out a back-off the endpoint was given
 
     def _fetch_batches(self, todo: Sequence[MessageMeta]) -> Iterator[tuple[list[tuple[MessageMeta, bytes]], int]]:
         """Fetched batches, each with the memory it reserved (released after its append)."""
@@ -196,6 +203,8 @@ class FolderCopy:
                 try:
                     if self.cancel is not None and self.cancel.is_set():
                         raise KeyboardInterrupt
+                    if self.before_send is not None:
+                        self.before_send()
                     if self.limits is not None:
                         self.limits.take(len(items), sum(len(raw) for _, raw in items))
                     self._append(adapt_items(self.dst, items, self.on_changed))

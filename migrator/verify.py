@@ -50,7 +50,7 @@ from migrator.march import hash_candidates, match_existing
 from migrator.model import SYSTEM_FLAGS, Account, Capabilities, FolderInfo, FolderPath, MailboxJob, MessageMeta
 from migrator.predict import Problem, problem_sort_key
 from migrator.report import ExitCode
-from migrator.state import State, folder_key
+from migrator.state import NO_VALIDITY, State, folder_key
 from migrator.transfer import DryRunDestination, content_hash
 
 log = logging.getLogger("migrator")
@@ -164,7 +164,7 @@ class RowReader:
             cur = self.state.db.execute(
                 "select src_id, status, dst_id, dst_folder, size, message_id, content_hash, reason from messages"
                 " where job = ? and source = ? and src_folder = ? and src_validity is ?",
-                [job, source, folder_key(path), validity],
+                [job, source, folder_key(path), NO_VALIDITY if validity is None else validity],
             )
             return {
                 src_id: Row(status, dst_id, tuple(json.loads(dst)) if dst else None, size or 0, mid, sha, reason)

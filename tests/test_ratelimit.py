@@ -108,3 +108,13 @@ def test_budgets_are_per_endpoint_with_overrides():
     assert budgets.for_key("imap://b:1", 3).maximum == 3
     assert budgets.for_key("imap://c:1").maximum == 8
     assert budgets.for_key("imap://b:1") is budgets.for_key("imap://b:1")
+
+
+def test_a_back_off_hint_holds_back_every_user_of_the_endpoint():
+    limit = AdaptiveLimit(4)
+    limit.throttled(pause=0.3)
+    slept: list[float] = []
+    assert limit.wait_if_paused(sleep=lambda s: (slept.append(s), time.sleep(s))) >= 0.25
+    assert sum(slept) >= 0.25
+    assert limit.wait_if_paused() == 0  # the pause is over
+    assert limit.limit == 2

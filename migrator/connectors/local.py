@@ -451,8 +451,9 @@ def open_maildir(account: Account, role: Role) -> MaildirStore:
 
 
 def _looks_like_maildir(root: Path) -> bool:
-    """True when ``root`` has cur/ or at least one Maildir++ ``.folder/cur`` directory."""
-    if (root / "cur").is_dir():
+    """True when ``root`` has cur/, new/ or tmp/ (another worker may be creating it
+    right now: tmp/ comes first) or at least one Maildir++ ``.folder/cur`` directory."""
+    if any((root / sub).is_dir() for sub in ("cur", "new", "tmp")):
         return True
     with os.scandir(root) as entries:
         return any(e.name.startswith(".") and os.path.isdir(os.path.join(e.path, "cur")) for e in entries)
