@@ -48,14 +48,18 @@ MAX_PATTERN = 256  # longest pattern recognised across read boundaries
 class Fault:
     """A one-shot fault: ``action`` once ``after`` bytes have passed in ``direction`` on
     one connection, counted from the connection's start or, with ``pattern``, from the
-    end of the first occurrence of ``pattern`` in that direction. ``connection`` limits
-    it to the n-th accepted connection (1-based)."""
+    end of the first occurrence of ``pattern`` in that direction. ``before_line``: fire
+    at the start of the line holding the pattern instead, so that the peer gets none
+    of that line (e.g. a tagged OK; the line start must be in the same read as the
+    pattern or the one before). ``connection`` limits it to the n-th accepted
+    connection (1-based)."""
 
     action: Action
     direction: Direction
     after: int = 0
     pattern: bytes | None = None
     connection: int | None = None
+    before_line: bool = False  # with pattern: fire at the start of the line holding it (``after`` ignored)
 
 
 @dataclass(frozen=True)
@@ -286,7 +290,10 @@ class FaultProxy:
                     idx = window.find(fault.pattern)
                     if idx < 0:
                         continue
-                    fire_at = start - len(tail) + idx + len(fault.pattern) + fault.after
+                    if fault.before_line:
+                        fire_at = start - len(tail) + window.rfind(b"\n", 0, idx) + 1
+                    else:
+                        fire_at = start - len(tail) + idx + len(fault.pattern) + fault.after
                     link.armed[id(fault)] = fire_at
             cut = max(0, fire_at - start)
             if cut <= len(data) and (best is None or cut < best[0]):
@@ -309,7 +316,7 @@ class FaultProxy:
         boundary was reached."""
         link.offsets[direction] += n
         self.bytes[direction] += n
-        keep = max((len(f.pattern) - 1 for f in self._faults if f.pattern), default=0)
+        keep = max((MAX_PATTERN if f.before_line else len(f.pattern) - 1 for f in self._faults if f.pattern), default=0)
         link.tails[direction] = (link.tails[direction] + last)[-keep:] if keep else b""
         periodic = self._periodic
         if periodic is None or periodic.direction not in (None, direction):

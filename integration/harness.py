@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,3 +169,31 @@ def assert_consistent(db: Path, dst: Snapshot) -> StateCheck:
     held = {folder: len(msgs) for folder, msgs in dst.items() if msgs}
     assert st.done_by_folder == held, f"state {st.done_by_folder} != destination {held}"
     return st
+
+
+def forget_user(server: DovecotServer, user: str) -> None:
+    """Remove a test user's mail and passwd entry (tmpfs is RAM: big corpora must not
+    pile up for the rest of a session). Best effort."""
+    import shutil
+
+    shutil.rmtree(server.home(user), ignore_errors=True)
+    (server.users_dir / user).unlink(missing_ok=True)
+
+
+class Users:
+    """Test users created through ``new_user`` and forgotten at teardown (a fixture)."""
+
+    def __init__(self, server: DovecotServer, new_user: Callable[..., str]) -> None:
+        self.server = server
+        self._new_user = new_user
+        self.created: list[str] = []
+
+    def __call__(self) -> str:
+        user = self._new_user(self.server, PW)
+        self.created.append(user)
+        return user
+
+    def forget(self) -> None:
+        for user in self.created:
+            forget_user(self.server, user)
+        self.created.clear()

@@ -25,7 +25,6 @@ a run: the seed is printed).
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 import signal
@@ -33,7 +32,7 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +44,10 @@ from integration.faultproxy import FaultProxy
 from integration.harness import (
     PW,
     PlanMailbox,
+    Users,
     check_state,
     cli_env,
+    forget_user,
     load_source,
     migrator,
     migrator_cmd,
@@ -150,7 +151,7 @@ def _after_kill(db: Path, src: Snapshot, dst: Snapshot, extra: Compare) -> int:
 def crash_trials(
     case: str,
     plan: Callable[[str, Path], Path],
-    new_dest: Callable[[], str],
+    new_dest: Users,
     src: Snapshot,
     dst_snap: Callable[[str], Snapshot],
     compare: Compare,
@@ -204,6 +205,7 @@ def crash_trials(
             problem = f"trial {trial}: {st.pending} pending row(s) after a clean resume {st.statuses}"
             tally.state_problems.append(problem)
         tally.trials += 1
+        new_dest.forget()
     return tally
 
 
@@ -220,13 +222,14 @@ def assert_state_clean(tally: Tally) -> None:
 
 
 @pytest.fixture(scope="module")
-def imap_source(dovecot: DovecotServer, _user_counter) -> tuple[str, Snapshot]:
+def imap_source(dovecot: DovecotServer, _user_counter) -> Iterator[tuple[str, Snapshot]]:
     user = f"crash{next(_user_counter)}src"
     dovecot.add_user(user, PW)
     load_source(dovecot, user, generate(CORPUS, seed=11, max_attachment=MAX_ATTACHMENT))
     snapshot = snap(dovecot, user)
     assert sum(len(v) for v in snapshot.values()) == CORPUS
-    return user, snapshot
+    yield user, snapshot
+    forget_user(dovecot, user)
 
 
 def test_imap_to_imap_survives_random_sigkills(dovecot, imap_source, new_user, tmp_path):
@@ -238,7 +241,7 @@ def test_imap_to_imap_survives_random_sigkills(dovecot, imap_source, new_user, t
     tally = crash_trials(
         "imap",
         plan,
-        lambda: new_user(dovecot, PW),
+        Users(dovecot, new_user),
         src_snap,
         lambda dest: snap(dovecot, dest),
         diff_snapshots,
@@ -269,20 +272,7 @@ def _no_extra_bytes(src: Snapshot, dst: Snapshot) -> list[str]:
     return [line for line in _bytes_only(src, dst) if "missing" not in line]
 
 
-STATE_NULL_VALIDITY = (
-    "state.py: sources without UIDVALIDITY (POP3, Maildir, mbox) store src_validity NULL, which SQLite treats "
-    "as distinct in the messages primary key, so ON CONFLICT never fires: every 'copied' row is inserted next "
-    "to its 'pending' row, which stays forever"
-)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ModuleNotFoundError, StateInconsistent),
-    reason=f"pop3 connector not yet landed (ModuleNotFoundError); {STATE_NULL_VALIDITY} (StateInconsistent)",
-)
 def test_pop3_to_imap_survives_random_sigkills(dovecot, new_user, tmp_path):
-    importlib.import_module("migrator.connectors.pop3")
     src_user = new_user(dovecot, PW)
     messages = list(generate(CORPUS, seed=12, max_attachment=MAX_ATTACHMENT))
     inbox_only = [type(m)(INBOX, m.flags, m.internal_date, m.raw) for m in messages[:150]]
@@ -298,7 +288,7 @@ def test_pop3_to_imap_survives_random_sigkills(dovecot, new_user, tmp_path):
     tally = crash_trials(
         "pop3",
         plan,
-        lambda: new_user(dovecot, PW),
+        Users(dovecot, new_user),
         src_snap,
         lambda dest: snap(dovecot, dest),
         _bytes_only,
@@ -335,7 +325,7 @@ def test_maildir_to_imap_survives_random_sigkills(dovecot, new_user, tmp_path):
     tally = crash_trials(
         "maildir",
         plan,
-        lambda: new_user(dovecot, PW),
+        Users(dovecot, new_user),
         expected,
         lambda dest: snap(dovecot, dest),
         diff_snapshots,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import imapclient
 import pytest
 
 from integration.dovecot import DovecotServer
-from integration.harness import PW, PlanMailbox, check_state, imap_url, migrator, write_plan
+from integration.harness import PW, PlanMailbox, Users, check_state, forget_user, imap_url, migrator, write_plan
 from integration.hostile import (
     HostileMessage,
     hostile_messages,
@@ -46,6 +47,14 @@ HOSTILE_IMAP_ONLY_REFUSALS = {"empty": "zero byte"}  # Dovecot: "Can't save a ze
 # Dovecot (mail_save_crlf = no) stores CR CR LF as CR LF: the destination itself cannot
 # hold this message byte for byte. See test_message_the_destination_alters_is_not_silent.
 DEST_ALTERS = frozenset({"cr-cr-lf"})
+
+
+@pytest.fixture
+def users(dovecot: DovecotServer, new_user) -> Iterator[Users]:
+    """Fresh destination users, removed again after the test (tmpfs is RAM)."""
+    made = Users(dovecot, new_user)
+    yield made
+    made.forget()
 
 
 @pytest.fixture(scope="module")
@@ -182,15 +191,16 @@ def imap_hostile_source(dovecot: DovecotServer, corpus, _user_counter) -> Iterat
     write_maildir(corpus, dovecot.maildir(user), uid=dovecot.mail_uid, gid=dovecot.mail_gid)
     dovecot.force_resync(user)
     yield user, imap_inbox(dovecot, user)
+    forget_user(dovecot, user)
 
 
-def test_imap_to_imap_hostile_messages(dovecot, corpus, imap_hostile_source, new_user, tmp_path):
+def test_imap_to_imap_hostile_messages(dovecot, corpus, imap_hostile_source, users, tmp_path):
     src_user, src_seen = imap_hostile_source
     names = {d: m.name for d, m in by_date(corpus).items()}
     src_names = {s.id: names[s.facts.internal_date] for s in src_seen}
     missing_at_source = sorted(set(names.values()) - set(src_names.values()))
     assert missing_at_source == [], f"Dovecot does not show these source files: {missing_at_source}"
-    dst_user = new_user(dovecot, PW)
+    dst_user = users()
     state, report = tmp_path / "s.db", tmp_path / "r.json"
     args = ("copy", imap_url(dovecot, src_user), imap_url(dovecot, dst_user), "--state", str(state))
     out = migrator(*args, "--report", str(report))
@@ -214,14 +224,14 @@ def test_imap_to_imap_hostile_messages(dovecot, corpus, imap_hostile_source, new
     assert check_state(state).integrity == "ok"
 
 
-def test_imap_to_imap_hostile_messages_with_lost_state(dovecot, corpus, imap_hostile_source, new_user, tmp_path):
+def test_imap_to_imap_hostile_messages_with_lost_state(dovecot, corpus, imap_hostile_source, users, tmp_path):
     """The destination already holds the hostile messages and the state is gone: the
     first visit matches them (Message-ID + size, or content hash) instead of copying
     them twice, whatever their line ends, NULs or missing headers."""
     src_user, src_seen = imap_hostile_source
     names = {d: m.name for d, m in by_date(corpus).items()}
     src_names = {s.id: names[s.facts.internal_date] for s in src_seen}
-    dst_user = new_user(dovecot, PW)
+    dst_user = users()
     args = ("copy", imap_url(dovecot, src_user), imap_url(dovecot, dst_user))
     first = migrator(*args, "--state", str(tmp_path / "a.db"))
     assert first.returncode in (0, 1), first.stdout + first.stderr
@@ -229,33 +239,32 @@ def test_imap_to_imap_hostile_messages_with_lost_state(dovecot, corpus, imap_hos
     fresh = migrator(*args, "--state", str(tmp_path / "b.db"), "--report", str(tmp_path / "b.json"))
     after = Counter(s.facts for s in imap_inbox(dovecot, dst_user))
     twice = [names[f.internal_date] for f in (after - before).elements()]
+    print(f"[hostile lost state] copied twice: {twice}")
     assert [n for n in twice if n not in DEST_ALTERS] == [], f"copied twice after losing the state: {twice}"
     reported, _ = report_entries(tmp_path / "b.json", src_names)
     assert set(reported) == set(HOSTILE_IMAP_ONLY_REFUSALS), reported
     assert fresh.returncode == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: with an incremental source listing (IMAP CONDSTORE cursor) a message that failed is not "
-    "listed again, so the next run neither retries nor reports it and exits 0 although it is not at the destination",
-)
-def test_failed_message_is_still_failed_on_the_next_run(dovecot, corpus, imap_hostile_source, new_user, tmp_path):
+def test_failed_message_is_still_failed_on_the_next_run(dovecot, corpus, imap_hostile_source, users, tmp_path):
     """The empty message fails (Dovecot refuses it). Running again must retry it, or at
     least report it again: exit 0 would claim it is at the destination."""
-    src_user, _ = imap_hostile_source
-    dst_user = new_user(dovecot, PW)
+    src_user, src_seen = imap_hostile_source
+    names = {d: m.name for d, m in by_date(corpus).items()}
+    dst_user = users()
     args = ("copy", imap_url(dovecot, src_user), imap_url(dovecot, dst_user), "--state", str(tmp_path / "s.db"))
     assert migrator(*args).returncode == 1
-    again = migrator(*args)
+    again = migrator(*args, "--report", str(tmp_path / "again.json"))
     assert again.returncode == 1, again.stdout[-2000:]
+    reported, _ = report_entries(tmp_path / "again.json", {s.id: names[s.facts.internal_date] for s in src_seen})
+    assert set(reported) == set(HOSTILE_IMAP_ONLY_REFUSALS), reported
 
 
 @pytest.fixture
-def cr_cr_lf_source(dovecot: DovecotServer, corpus, new_user) -> tuple[str, list[Seen], dict[datetime, str]]:
+def cr_cr_lf_source(dovecot: DovecotServer, corpus, users) -> tuple[str, list[Seen], dict[datetime, str]]:
     """A source holding a plain message and the CR CR LF one."""
     few = [m for m in corpus if m.name in ("plain-0", *DEST_ALTERS)]
-    user = new_user(dovecot, PW)
+    user = users()
     write_maildir(few, dovecot.maildir(user), uid=dovecot.mail_uid, gid=dovecot.mail_gid)
     dovecot.force_resync(user)
     return user, imap_inbox(dovecot, user), {m.internal_date: m.name for m in few}
@@ -266,9 +275,9 @@ def cr_cr_lf_source(dovecot: DovecotServer, corpus, new_user) -> tuple[str, list
     reason="a destination that changes a message on APPEND (Dovecot stores CR CR LF as CR LF) is not noticed: "
     "the copy is neither byte-exact nor reported (the returned size differs from the source's RFC822.SIZE)",
 )
-def test_message_the_destination_alters_is_not_silent(dovecot, cr_cr_lf_source, new_user, tmp_path):
+def test_message_the_destination_alters_is_not_silent(dovecot, cr_cr_lf_source, users, tmp_path):
     src_user, src_seen, names = cr_cr_lf_source
-    dst_user = new_user(dovecot, PW)
+    dst_user = users()
     report = tmp_path / "r.json"
     out = migrator(
         "copy", imap_url(dovecot, src_user), imap_url(dovecot, dst_user), "--state", str(tmp_path / "s.db"),
@@ -281,32 +290,29 @@ def test_message_the_destination_alters_is_not_silent(dovecot, cr_cr_lf_source, 
     assert result.lines == [], "\n".join(result.lines)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a message the destination altered (CR CR LF stored as CR LF: 2 bytes shorter) does not match its "
-    "source by Message-ID + size, so a lost state or an unconfirmed send after a crash copies it a second time",
-)
-def test_message_the_destination_alters_is_not_copied_twice(dovecot, cr_cr_lf_source, new_user, tmp_path):
+def test_message_the_destination_alters_is_not_copied_twice(dovecot, cr_cr_lf_source, users, tmp_path):
+    """The destination stores the CR CR LF message 2 bytes shorter, so Message-ID +
+    size cannot recognise it: a lost state, or an unconfirmed send after a crash, must
+    still not send it again."""
     src_user, _src_seen, names = cr_cr_lf_source
-    dst_user = new_user(dovecot, PW)
+    dst_user = users()
     args = ("copy", imap_url(dovecot, src_user), imap_url(dovecot, dst_user))
+    once = {name: 1 for name in names.values()}
     assert migrator(*args, "--state", str(tmp_path / "a.db")).returncode == 0
-    assert migrator(*args, "--state", str(tmp_path / "b.db")).returncode == 0
-    held = Counter(names[s.facts.internal_date] for s in imap_inbox(dovecot, dst_user))
-    assert held == {name: 1 for name in names.values()}, held
+    assert Counter(names[s.facts.internal_date] for s in imap_inbox(dovecot, dst_user)) == once
+    assert migrator(*args, "--state", str(tmp_path / "b.db")).returncode == 0  # the state is lost
+    assert Counter(names[s.facts.internal_date] for s in imap_inbox(dovecot, dst_user)) == once
+    with sqlite3.connect(tmp_path / "a.db") as db:  # a crash between the APPEND and its checkpoint
+        assert db.execute("update messages set status = 'pending', dst_id = null").rowcount == len(once)
+    assert migrator(*args, "--state", str(tmp_path / "a.db")).returncode == 0
+    assert Counter(names[s.facts.internal_date] for s in imap_inbox(dovecot, dst_user)) == once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transfer.py FolderCopy._append re-raises a MessageError when the batch holds one message (it only "
-    "splits batches of two or more), so a message refused in a batch of its own (a big one, the last one, "
-    "batch_messages: 1) fails the whole mailbox (kind 'error') instead of being recorded as one failed message",
-)
-def test_refused_message_alone_in_its_batch_does_not_stop_the_mailbox(dovecot, corpus, new_user, tmp_path):
+def test_refused_message_alone_in_its_batch_does_not_stop_the_mailbox(dovecot, corpus, users, tmp_path):
     """``batch_messages: 1``: the empty message is refused in a batch of its own; it
     fails alone and the messages after it are still copied."""
     few = [m for m in corpus if m.name in ("plain-0", "empty", "nul-in-body")]
-    src_user, dst_user = new_user(dovecot, PW), new_user(dovecot, PW)
+    src_user, dst_user = users(), users()
     write_maildir(few, dovecot.maildir(src_user), uid=dovecot.mail_uid, gid=dovecot.mail_gid)
     dovecot.force_resync(src_user)
     plan = write_plan(
@@ -327,17 +333,17 @@ def test_refused_message_alone_in_its_batch_does_not_stop_the_mailbox(dovecot, c
 # ----------------------------------------------------------------------------- Maildir -> IMAP
 
 
-def test_maildir_to_imap_hostile_messages(dovecot, corpus, new_user, tmp_path):
+def test_maildir_to_imap_hostile_messages(dovecot, corpus, users, tmp_path):
     """A plan with ``filters.max_size: 50MB``: the 60 MB message is skipped with that
     reason; everything else is copied as Dovecot shows the original bytes."""
     names = {d: m.name for d, m in by_date(corpus).items()}
     source = tmp_path / "Maildir"
     write_maildir(corpus, source)
-    reference = new_user(dovecot, PW)
+    reference = users()
     write_maildir(corpus, dovecot.maildir(reference), uid=dovecot.mail_uid, gid=dovecot.mail_gid)
     dovecot.force_resync(reference)
     expected = {names[s.facts.internal_date]: s.facts for s in imap_inbox(dovecot, reference)}
-    dst_user = new_user(dovecot, PW)
+    dst_user = users()
     plan = write_plan(
         tmp_path / "plan.yaml",
         dovecot,
