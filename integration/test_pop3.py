@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import pytest
 from integration.corpus import INBOX, CorpusMessage, generate, load_maildir
 from integration.dovecot import DovecotServer, make_certificate
 from integration.faultproxy import Fault, FaultProxy
+from integration.harness import forget_user
 from integration.snapshot import Snapshot, snapshot_imap
 from integration.tokenserver import TokenServer
 from migrator.connectors.pop3 import open_pop3
@@ -207,24 +208,39 @@ def corpus() -> list[CorpusMessage]:
 
 
 @pytest.fixture(scope="module")
-def source(dovecot: DovecotServer, _user_counter, corpus) -> str:
+def source(dovecot: DovecotServer, _user_counter, corpus) -> Iterator[str]:
     """A POP3 mailbox with the corpus, read-only for the tests that use it."""
     user = f"pop{next(_user_counter)}src"
     dovecot.add_user(user, PW)
     load(dovecot, user, corpus)
     assert sum(shas(snap(dovecot, user)).values()) == len(corpus)
-    return user
+    yield user
+    forget_user(dovecot, user)  # tmpfs is RAM
 
 
 @pytest.fixture
-def dest(dovecot: DovecotServer, new_user) -> str:
-    return new_user(dovecot, PW)
+def users(dovecot: DovecotServer, new_user) -> Iterator[Callable[[], str]]:
+    """Fresh users with the test password, removed after the test (tmpfs is RAM)."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(new_user(dovecot, PW))
+        return made[-1]
+
+    yield make
+    for user in made:
+        forget_user(dovecot, user)
 
 
 @pytest.fixture
-def small(dovecot: DovecotServer, new_user) -> tuple[str, list[CorpusMessage]]:
+def dest(users: Callable[[], str]) -> str:
+    return users()
+
+
+@pytest.fixture
+def small(dovecot: DovecotServer, users: Callable[[], str]) -> tuple[str, list[CorpusMessage]]:
     """A fresh POP3 mailbox with SMALL corpus messages plus EXTRAS."""
-    user = new_user(dovecot, PW)
+    user = users()
     messages = inbox_messages(SMALL, seed=5, max_attachment=200_000)
     load(dovecot, user, messages)
     return user, messages
@@ -307,11 +323,11 @@ def test_copy_is_byte_exact_with_derived_dates_and_rerun_copies_nothing(dovecot,
 
 
 # --------------------------------------------------------------------------- delete mode
-def test_delete_mode_survives_kill_9_mid_copy_and_between_dele_and_quit(dovecot, new_user, tmp_path):
+def test_delete_mode_survives_kill_9_mid_copy_and_between_dele_and_quit(dovecot, users, tmp_path):
     """kill -9 while copying, then kill -9 while QUIT is held back (after the DELEs):
     the POP3 mailbox keeps everything both times; the resumed run copies nothing
     again and empties it; the destination holds every message exactly once."""
-    src_user, dst_user = new_user(dovecot, PW), new_user(dovecot, PW)
+    src_user, dst_user = users(), users()
     messages = inbox_messages(COUNT, seed=22, max_attachment=1024 * 1024)
     load(dovecot, src_user, messages)
     everything = Counter(sha(m.raw) for m in messages)
