@@ -15,7 +15,7 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from lxml import etree
 
@@ -40,7 +40,6 @@ PR_FLAG_STATUS = 0x1090
 UNREADABLE_HEADER = b"X-Test-EWS-Unreadable:"  # GetItem cannot export such an item's MIME
 FLAG_NAMES = {0: "NotFlagged", 1: "Complete", 2: "Flagged"}
 FOLDER_TAGS = {"IPF.Appointment": "CalendarFolder", "IPF.Contact": "ContactsFolder", "IPF.Task": "TasksFolder"}
-FOLDER_ELEMENTS = ("Folder", "CalendarFolder", "ContactsFolder", "TasksFolder", "SearchFolder")
 
 
 class SoapFault(Exception):
@@ -639,4 +638,4 @@ HANDLERS: dict[str, Callable[[Op, etree._Element], etree._Element]] = {
     "DeleteItem": delete_item,
 }
 
-__all__ = ["FOLDER_ELEMENTS", "HANDLERS", "UTC", "ItemOutcome", "M", "Op", "SoapFault"]
+__all__ = ["HANDLERS", "ItemOutcome", "M", "Op", "SoapFault", "T"]

@@ -54,12 +54,17 @@ Source
     exactly those bytes: exported MIME is not byte-identical to what Exchange was
     given. Flags: \\Seen from IsRead, \\Draft from IsDraft, \\Flagged from
     PR_FLAG_STATUS, \\Answered / $Forwarded from PR_LAST_VERB_EXECUTED, keywords from
-    categories. Internal date: DateTimeReceived.
+    categories. Internal date: DateTimeReceived. An item Exchange cannot export
+    (a per-item GetItem error) is still listed, then left out by fetch() with a
+    warning, and its reason kept in ``unreadable``: the engine reports it as vanished.
 
 Errors
     ErrorServerBusy: the connector waits BackOffMilliseconds itself (up to
     ``options["max_backoff"]``, default 300 s; longer: TransientError with
-    backoff_seconds) and goes on. HTTP 401: AuthError. ErrorQuotaExceeded:
+    backoff_seconds) and goes on; so do HTTP 429/502/503/504 (Retry-After) and
+    dropped connections (for CreateItem followed by a stamp lookup before anything is
+    sent again).
+    HTTP 401: AuthError (an OAuth2 token is renewed once first). ErrorQuotaExceeded:
     QuotaError. Per-item refusals (ErrorMessageSizeExceeded,
     ErrorMimeContentConversionFailed, ErrorCorruptData, ...): MessageError for the
     batch, after which the engine's one-by-one retry isolates the refused item.
