@@ -6,11 +6,14 @@ plan copies, the live source listing is matched against the live listing of the
 destination folder it maps to:
 
 1. a source message whose checkpoint row names a destination id that is listed
-   there with the same size and Message-ID is at the destination (a destination that
-   changes messages to accept them, ``adapts_messages``: the same Message-ID);
+   there with the same Message-ID (and, without Message-ID, the same size) is at the
+   destination;
 2. the remaining ones are matched as a multiset by identity (Message-ID + size, or a
    SHA-256 of the content + size for messages without Message-ID; the checkpoint's
-   hash or a fetch), against destination messages not claimed in step 1;
+   hash or a fetch), against destination messages not claimed in step 1, as the
+   engine does: Message-ID alone where the destination rewrites messages
+   (``exact_sizes`` False), and the same Message-ID at another size when the
+   line-ending-normalised contents agree (a destination that altered the message);
 3. a message still unmatched whose checkpoint row says ``skipped`` is accounted for
    by its reason;
 4. everything else is **unaccounted**, each with the reason the checkpoint gives
@@ -33,7 +36,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +49,7 @@ from migrator import __version__
 from migrator.connectors.base import Destination, Source, open_store
 from migrator.errors import AuthError, ConnectError, MigratorError, PlanError, TLSError, TransientError
 from migrator.folders import FolderMap, FolderPlan, join, map_folders
-from migrator.march import hash_candidates, match_existing
+from migrator.march import altered_candidates, hash_candidates, match_altered, match_existing
 from migrator.model import SYSTEM_FLAGS, Account, Capabilities, FolderInfo, FolderPath, MailboxJob, MessageMeta
 from migrator.predict import Problem, problem_sort_key
 from migrator.report import ExitCode
@@ -209,29 +212,45 @@ def reconcile(
     dst_msgs: Sequence[MessageMeta],
     dst_hashes: dict[str, str],
     dst_caps: Capabilities,
+    dst_hash: Callable[[Sequence[MessageMeta]], dict[str, str]] | None = None,
 ) -> None:
     """Match the source folders ``entries`` (all mapped to one destination folder)
-    against its listing ``dst_msgs``; fill each entry's FolderCheck."""
+    against its listing ``dst_msgs``; fill each entry's FolderCheck.
+
+    ``dst_hashes``: content hashes of destination messages without Message-ID;
+    ``dst_hash``: fetches content hashes of more destination messages (for messages the
+    destination altered when storing them: the same Message-ID at another size, as
+    the engine recognises them, ``march.altered_candidates``)."""
     available: dict[str, MessageMeta] = {m.id: m for m in dst_msgs}
     pairs: list[tuple[_Entry, MessageMeta, MessageMeta]] = []
     rest: list[tuple[_Entry, MessageMeta]] = []
-    resized = getattr(dst_caps, "adapts_messages", False)  # the destination may change a message's size
-    for e in entries:  # 1. by the destination id the checkpoint recorded
+    for e in entries:  # 1. by the destination id the checkpoint recorded (APPENDUID etc.)
         for m in e.msgs:
             row = e.rows.get(m.id)
             d = available.get(row.dst_id) if row and row.dst_id and row.status in ("copied", "matched") else None
-            if d is not None and d.message_id == m.message_id and (d.size == m.size or (resized and m.message_id)):
+            # the same Message-ID at the recorded id: the destination may have altered the size
+            if d is not None and d.message_id == m.message_id and (d.size == m.size or m.message_id):
                 del available[d.id]
                 pairs.append((e, m, d))
             else:
                 rest.append((e, m))
+    exact = getattr(dst_caps, "exact_sizes", True)
     still: list[tuple[_Entry, MessageMeta]] = []
     for e in entries:  # 2. by identity, as a multiset (source ids are unique within one folder only)
         mine = [m for x, m in rest if x is e]
         if mine and available:
-            matched, unmatched = match_existing(mine, list(available.values()), Counter(), e.hashes, dst_hashes)
+            matched, unmatched = match_existing(
+                mine, list(available.values()), Counter(), e.hashes, dst_hashes, exact_sizes=exact
+            )
             for m, d_id in matched:
                 pairs.append((e, m, available.pop(d_id)))
+            maybe_src, maybe_dst = altered_candidates(unmatched, list(available.values()), set(), Counter())
+            maybe_src = [m for m in maybe_src if m.id in e.hashes]
+            if maybe_src and dst_hash is not None:
+                for m, d_id in match_altered(maybe_src, maybe_dst, e.hashes, dst_hash(maybe_dst)):
+                    if d_id in available:
+                        pairs.append((e, m, available.pop(d_id)))
+                        unmatched = [x for x in unmatched if x is not m]
             still += [(e, m) for m in unmatched]
         else:
             still += [(e, m) for m in mine]
@@ -356,9 +375,13 @@ class MailboxVerify:
         check = FolderCheck(label, fm.source.path, fm.dest_path, len(msgs), sum(m.size for m in msgs))
         _, dst_msgs = self._dest(fm.dest_path)
         # content hashes of source messages without Message-ID that may match one at
-        # the destination: from the checkpoint when it has one, else fetched now
+        # the destination (from the checkpoint when it has one, else fetched now), and of
+        # those whose Message-ID is there only at another size (altered when stored)
         hashes: dict[str, str] = {}
         candidates, _ = hash_candidates(msgs, dst_msgs)
+        there = {(d.message_id, d.size) for d in dst_msgs if d.message_id}
+        mids = {mid for mid, _ in there}
+        candidates += [m for m in msgs if m.message_id in mids and (m.message_id, m.size) not in there]
         need = []
         for m in candidates:
             row = rows.get(m.id)
@@ -380,7 +403,14 @@ class MailboxVerify:
         dst_hashes = {}
         if dst_need and folder is not None:
             dst_hashes = {m.id: content_hash(raw) for m, raw in self.dst.fetch(folder, dst_need)}
-        reconcile(entries, dst_msgs, dst_hashes, self.dst.capabilities)
+
+        def fetch_hashes(msgs: Sequence[MessageMeta]) -> dict[str, str]:
+            assert self.dst is not None
+            if not msgs or folder is None:
+                return {}
+            return {m.id: content_hash(raw) for m, raw in self.dst.fetch(folder, msgs)}
+
+        reconcile(entries, dst_msgs, dst_hashes, self.dst.capabilities, fetch_hashes)
 
 
 def verify_jobs(

@@ -422,10 +422,25 @@ def test_run_report_has_durations_throughput_and_reasons(local_plan: Path):
     assert a["msgs_per_second"] == pytest.approx(6 / a["seconds"], rel=0.01)
 
 
-def test_reconcile_accepts_a_resized_copy_only_where_the_destination_adapts_messages():
+def test_reconcile_accepts_a_copy_the_destination_altered():
+    # recorded id, same Message-ID, other size (Dovecot stored CR CR LF as CR LF): there
     row = {"1": Row("copied", "9", ("INBOX",), 100, "<1@x>", None, None)}
-    for adapts, found in ((False, 0), (True, 1)):
-        e = _entry([meta("1", 100)], row)
-        reconcile([e], [meta("9", 130, "<1@x>")], {}, Capabilities(adapts_messages=adapts))
-        assert e.check.at_destination == found
-        assert len(e.check.unaccounted) == 1 - found
+    e = _entry([meta("1", 100)], row)
+    reconcile([e], [meta("9", 98, "<1@x>")], {}, Capabilities())
+    assert (e.check.at_destination, e.check.unaccounted) == (1, [])
+    # no checkpoint: the same Message-ID at another size counts only when the normalised contents agree
+    for dst_hash, found in (("same", 1), ("other", 0)):
+        e = _entry([meta("1", 100), meta("2", 50)], hashes={"1": "same"})
+        asked = []
+
+        def fetch(msgs, dst_hash=dst_hash, asked=asked):
+            asked.extend(m.id for m in msgs)
+            return {m.id: dst_hash for m in msgs}
+
+        reconcile([e], [meta("9", 98, "<1@x>"), meta("8", 50, "<2@x>")], {}, Capabilities(), fetch)
+        assert asked == ["9"]
+        assert e.check.at_destination == 1 + found and len(e.check.unaccounted) == 1 - found
+    # a destination that rewrites messages (Exchange Online): the Message-ID alone identifies
+    e = _entry([meta("1", 100)])
+    reconcile([e], [meta("9", 140, "<1@x>")], {}, Capabilities(exact_sizes=False))
+    assert e.check.at_destination == 1
