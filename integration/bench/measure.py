@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -101,8 +102,7 @@ def run_measured(
 ) -> Measured:
     """Run ``argv`` to completion and measure it (see the module docstring)."""
     before = tree_cpu(server_pid)
-    log_path = Path(cwd or ".") / f".bench-{os.getpid()}-{time.monotonic_ns()}.log"
-    with log_path.open("w+b") as log:
+    with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         proc = subprocess.Popen(
             list(argv),
@@ -134,7 +134,6 @@ def run_measured(
         sampler.join()
         log.seek(0)
         output = log.read().decode("utf-8", "replace")[-4000:]
-    log_path.unlink(missing_ok=True)
     time.sleep(SETTLE_SECONDS)
     server = tree_cpu(server_pid) - before
     return Measured(
