@@ -60,7 +60,8 @@ MAIL_TYPES = ("imap", "pop3", "exchange-online")  # host + port + TLS mode
 EXO_HOST = "outlook.office365.com"
 # default ports: (tls, starttls/none)
 DEFAULT_PORTS = {"imap": (993, 143), "exchange-online": (993, 143), "pop3": (995, 110)}
-MAX_YAML_NODES = 100_000  # after alias expansion: refuses "billion laughs" documents
+MAX_YAML_NODES = 5_000_000  # after alias expansion: refuses "billion laughs" documents, admits 100,000 mailboxes
+MAX_INPUT_BYTES = 256 * 1024 * 1024  # a plan or mailbox CSV larger than this is a mistake (or /dev/zero)
 MAX_SIZE = 2**63 - 1  # sizes are stored in SQLite integers
 
 _ID_RE = re.compile(r"[A-Za-z0-9@._+-]{1,200}")
@@ -339,14 +340,16 @@ _KNOWN_KEYS = _known_keys()
 # YAML: parse once, keep the node tree to map field paths back to lines
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # not libyaml's CSafeLoader: deep nesting crashes it (a segfault, seen here)
     """SafeLoader whose scalar conversion failures (an integer beyond Python's digit
     limit, 2015-02-30) become marked YAML errors instead of bare ValueErrors."""
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
-        except (ValueError, OverflowError, TypeError) as exc:
+        except (ValueError, OverflowError, TypeError, KeyError, AttributeError) as exc:
+            # PyYAML's own constructors raise KeyError (!!bool maybe) and AttributeError
+            # (!!timestamp x) on values that are not of their tag's type
             raise yaml.constructor.ConstructorError(None, None, f"invalid value: {exc}", node.start_mark) from None
 
 
@@ -388,7 +391,10 @@ def _parse_yaml(text: str, display: str) -> tuple[yaml.Node | None, Any, list[tu
         if count < 0:
             raise PlanError(f"{display}:{node.start_mark.line + 1}: recursive YAML aliases are not allowed")
         if count > MAX_YAML_NODES:
-            raise PlanError(f"{display}: the plan is too large after expanding YAML aliases")
+            raise PlanError(
+                f"{display}: the plan has more than {MAX_YAML_NODES:,} YAML nodes (aliases expanded): "
+                "use a mailbox CSV for very many mailboxes"
+            )
         duplicates = _duplicate_keys(node, (), set())
         return node, loader.construct_document(node), duplicates
     except yaml.MarkedYAMLError as exc:
@@ -704,7 +710,7 @@ def _sniff_delimiter(header_line: str) -> str:
 def _read_csv(path: str, display: str, problems: _Problems) -> list[_CsvRow]:
     """The rows of a mailbox CSV; problems (with file:line and column) are collected."""
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bounded(path)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         problems.at(("mailboxes_csv",), f"cannot read mailbox CSV {display}: {reason}")
@@ -1154,9 +1160,26 @@ def _top(data: dict[Any, Any], problems: _Problems) -> _Top | None:
         return None
 
 
+def read_bounded(path: str | Path) -> bytes:
+    """The bytes of a regular file of at most MAX_INPUT_BYTES; OSError (with strerror)
+    for anything else, so that a device, a FIFO or a huge export is refused at once."""
+    import stat
+
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(0, "not a regular file")
+        if st.st_size > MAX_INPUT_BYTES:
+            raise OSError(0, f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+        data = fh.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise OSError(0, f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+    return data
+
+
 def _read_plan_text(display: str, path: str | Path) -> str:
     try:
-        raw = Path(path).read_bytes()
+        raw = read_bounded(path)
     except (OSError, ValueError) as exc:
         raise PlanError(f"{display}: cannot read plan: {getattr(exc, 'strerror', None) or exc}") from None
     try:
