@@ -441,7 +441,11 @@ class MailboxRun:
                     self.stats.skipped_message(jid, src_folder.path, meta.id, reason)
             todo = m.to_copy
             matched: list[tuple[MessageMeta, str]] = []
-            if todo and (not reconciled or m.pending):
+            # look at the destination first: on a folder's first visit, after unconfirmed
+            # sends, and when most ids are new although the folder was copied before (a
+            # source that renumbered its messages: POP3 UIDLs, a restored mailbox)
+            renumbered = bool(done) and len(todo) > max(10, len(page.messages) // 2)
+            if todo and (not reconciled or m.pending or renumbered):
                 matched, todo = self._match_destination(src, dst, todo, (src_folder, dst_folder), ref)
             already = max(len(m.done) - copied_before, 0)
             copied_before = max(copied_before - len(m.done), 0)
