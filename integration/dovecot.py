@@ -145,6 +145,33 @@ def _namespace_block(layout: Layout) -> str:
     return f"namespace inbox {{\n  inbox = yes\n  separator = {separator}\n  prefix = {prefix}\n{mailboxes}}}\n"
 
 
+def reap_orphans(parent: Path) -> list[Path]:
+    """Stop and remove private Dovecots whose test process is gone (killed before its
+    fixtures could tear down): on tmpfs their mail would otherwise hold memory until
+    the machine runs out. Only directories this module made (owner.pid inside) are touched."""
+    reaped = []
+    for root in parent.glob("migrator-dovecot-*"):
+        try:
+            owner = int((root / "owner.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(owner, 0)
+            continue  # its test session still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            master = int((root / "run" / "master.pid").read_text().strip())
+            os.kill(master, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
 class DovecotServer:
     """One private Dovecot master with IMAP, IMAPS, POP3 and POP3S on 127.0.0.1.
 
@@ -213,8 +240,10 @@ class DovecotServer:
         if not Path(DOVECOT).exists():
             raise DovecotError(f"{DOVECOT} is missing: install dovecot-imapd and dovecot-pop3d")
         self.mail_uid, self.mail_gid, login_user, internal_user = ensure_mail_user()
+        reap_orphans(Path(self._parent_dir or tempfile.gettempdir()))
         self.root = Path(tempfile.mkdtemp(prefix="migrator-dovecot-", dir=self._parent_dir))
         self.root.chmod(0o755)
+        (self.root / "owner.pid").write_text(f"{os.getpid()}\n", encoding="ascii")
         for sub in ("run", "state", "ssl", "home", "users"):
             (self.root / sub).mkdir()
         (self.root / "home").chmod(0o755)
