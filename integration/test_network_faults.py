@@ -281,8 +281,8 @@ def test_slow_server_is_not_a_timeout(dovecot, small_source, users, proxy, tmp_p
     assert diff_snapshots(src_snap, snap(dovecot, dst)) == []
 
 
-def test_connection_refused_then_back(dovecot, small_source, users, proxy, tmp_path):
-    """Every connection is dropped as soon as it opens for a while (a server restart):
+def test_connections_dropped_at_connect_then_back(dovecot, small_source, users, proxy, tmp_path):
+    """The first connections are dropped as soon as they open (a server restarting):
     the copy retries and completes once the server answers again."""
     src_user, src_snap = small_source
     dst = users()

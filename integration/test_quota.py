@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from integration.conftest import _tmp_parent
 from integration.corpus import generate
 from integration.dovecot import DovecotServer
 from integration.harness import (
@@ -59,7 +58,7 @@ class QuotaServer(DovecotServer):
 
 @pytest.fixture(scope="module")
 def quota_server() -> Iterator[QuotaServer]:
-    server = QuotaServer(parent_dir=_tmp_parent())
+    server = QuotaServer(parent_dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
     server.start()
     try:
         yield server
