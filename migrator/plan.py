@@ -213,6 +213,7 @@ class _Endpoint(BaseModel):
     version: NonEmpty | None = None
     auth: Literal["password", "oauth2", "ntlm", "basic"] | None = None
     impersonation: bool = False
+    login: NonEmpty | None = None  # ews with impersonation: the service account that logs in
     # exchange-online and other limits
     max_message_size: Size | None = None
     max_connections: int | None = Field(default=None, ge=1, le=1000)
@@ -895,7 +896,7 @@ def _network_account(
     if not ok:
         return None
     options: dict[str, Any] = {}
-    for key in ("service_endpoint", "version", "auth", "max_message_size", "max_connections", "mark_mdn_sent"):
+    for key in ("service_endpoint", "version", "auth", "login", "max_message_size", "max_connections", "mark_mdn_sent"):
         value = getattr(ep, key)
         if value is not None:
             options[key] = value
