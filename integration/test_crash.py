@@ -162,7 +162,7 @@ def crash_trials(
     """Run ``trials`` kill-and-resume trials; assert exactly-once after each."""
     rng = random.Random(f"{SEED}:{case}")
     tally = Tally()
-    run_seconds = 3.0
+    run_seconds = 1.0  # a whole run's duration as last seen: delays are drawn below it
     for trial in range(trials):
         dest = new_dest()
         work = tmp_path / f"t{trial}"
@@ -186,7 +186,7 @@ def crash_trials(
                     proc.wait(timeout=30)
             if not killed:
                 tally.finished_before_kill += 1
-                run_seconds = max(0.5, time.monotonic() - began)
+                run_seconds = max(0.3, 0.8 * (time.monotonic() - began))
                 assert proc.returncode == 0, f"trial {trial}: run ended with {proc.returncode} before the kill"
                 continue
             tally.kills[strategy] += 1

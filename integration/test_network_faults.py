@@ -370,7 +370,8 @@ def test_fault_every_mebibyte(dovecot, big_source, users, tmp_path, monkeypatch)
 
 
 def test_progress_between_faults_resets_the_retry_budget(dovecot, small_source, users, proxy, tmp_path):
-    """A drop every 1 MiB with ``retries: 1``: an attempt moves at most about 0.9 MB
+    """A drop every 1 MiB with ``retries: 1`` and one folder at a time (parallel folder
+    workers would share each MiB between them): an attempt moves at most about 0.9 MB
     (listing, a 128 KiB fetch batch or one message of up to 0.3 MB, the batch fetched
     ahead, the append) before it confirms a batch, so every attempt advances and the
     copy must finish."""
@@ -380,7 +381,7 @@ def test_progress_between_faults_resets_the_retry_budget(dovecot, small_source, 
         tmp_path / "plan.yaml",
         dovecot,
         [PlanMailbox("box", src_user, dst)],
-        defaults="{retries: 1, batch_bytes: 128KiB, batch_messages: 100}",
+        defaults="{retries: 1, batch_bytes: 128KiB, batch_messages: 100, folder_workers: 1}",
         src_port=proxy.port,
         dst_port=proxy.port,
     )

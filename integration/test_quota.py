@@ -86,7 +86,7 @@ def test_full_mailbox_stops_clearly_others_finish_and_a_rerun_completes(quota_se
         tmp_path / "plan.yaml",
         server,
         [PlanMailbox(box, f"src-{box}", f"dst-{box}") for box in ("alpha", "full", "gamma")],
-        defaults="{parallel_mailboxes: 1}",
+        defaults="{parallel_mailboxes: 1, batch_bytes: 64KiB}",  # small batches: the quota bites half-way
     )
     report = tmp_path / "r.json"
     first = migrator("run", str(plan), "--report", str(report))
