@@ -493,3 +493,19 @@ def test_wire_fast_and_general_fetch_parsers_agree() -> None:
         items.append(wire.uid_fetch("17", b"(UID)").items[0])
     assert items[0] == items[1]
     assert (items[0].uid, items[0].size, items[0].header, items[0].body) == (17, 99, header, None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"* 1 FETCH (UID 1 FLAGS (\\Se",  # cut inside a line
+        b"* 1 FETCH (UID 1 BODY[] {3}\r\nabc",  # cut after a literal, before the line's end
+        b"* 1 FETCH (UID 1 FLAGS \r\n",  # garbled
+    ],
+)
+def test_wire_cut_or_garbled_answers_are_lost_connections(data: bytes) -> None:
+    from migrator.connectors.imap_wire import WireLost
+
+    wire, _ = wire_on(data)
+    with pytest.raises(WireLost):
+        wire.uid_fetch("1", b"(UID FLAGS)")

@@ -297,8 +297,8 @@ class Wire:
         """One response: (tag or b"*" or b"+", rest of the text with NUL where each
         literal was, literals)."""
         line = self._readline()
-        if not line:
-            raise WireLost("connection closed by the server")
+        if not line.endswith(b"\n"):
+            raise WireLost("connection closed by the server" if not line else "connection closed inside a response")
         literals: list[bytes] = []
         if line.endswith(b"}\r\n"):
             parts = []
@@ -311,7 +311,7 @@ class Wire:
                 parts.append(line[:brace])
                 literals.append(self._read_exact(n))
                 line = self._readline()
-                if not line:
+                if not line.endswith(b"\n"):
                     raise WireLost("connection closed inside a response")
             parts.append(line)
             line = b"\x00".join(parts)
@@ -326,7 +326,14 @@ class Wire:
         return data
 
     def _untagged(self, rest: bytes, literals: list[bytes], sink: FetchResult | None) -> None:
-        """Book-keeping of one untagged response; FETCH/VANISHED go to ``sink``."""
+        """Book-keeping of one untagged response; FETCH/VANISHED go to ``sink``. An
+        answer that does not parse is a lost connection (WireLost)."""
+        try:
+            self._untagged_parse(rest, literals, sink)
+        except (ValueError, StopIteration, IndexError) as exc:
+            raise WireLost(f"malformed response ({exc}): {rest[:80]!r}") from None
+
+    def _untagged_parse(self, rest: bytes, literals: list[bytes], sink: FetchResult | None) -> None:
         head = rest[:12].upper()
         if head.startswith(b"BYE"):
             raise WireLost(f"server closed the connection: {rest[3:].strip().decode('utf-8', 'replace')}")
