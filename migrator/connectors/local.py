@@ -445,7 +445,8 @@ def open_maildir(account: Account, role: Role) -> MaildirStore:
     if root.is_dir() and not _looks_like_maildir(root):
         if role == "source":
             raise ConnectError(f"{root} is not a Maildir (no cur/ directory, no .folder directories)", retryable=False)
-        if any(root.iterdir()):
+        # look again: another worker may have created tmp/ between the two looks
+        if any(root.iterdir()) and not _looks_like_maildir(root):
             raise ConnectError(f"{root} is not a Maildir and not empty; refusing to write into it", retryable=False)
     return MaildirStore(root, role)
 
