@@ -93,6 +93,11 @@ def _mailbox(
     secs = round(mb.seconds, 3)
     probe = pred.probes.get(job.id) if pred else None
     copied, copied_bytes = mb.total("copied"), mb.total("bytes")
+    # a stable order whatever order the folders were worked on: source by source, INBOX first
+    stores = {a.describe(): i for i, a in enumerate(job.sources)}
+    folders = sorted(
+        mb.folders, key=lambda f: (stores.get(f.store, len(stores)), f.store, f.source != ("INBOX",), f.source)
+    )
     return {
         "id": job.id,
         "status": mb.status,
@@ -141,7 +146,7 @@ def _mailbox(
                 "duplicate_message_ids": f.duplicate_message_ids,
                 "duplicate_examples": [{"message_id": m, "count": n} for m, n in f.duplicate_examples],
             }
-            for f in mb.folders
+            for f in folders
         ],
         "excluded": [{"folder": join(p), "reason": r} for p, r in mb.excluded],
         "skipped_messages": [{"folder": join(p), "id": i, "reason": r} for p, i, r in mb.skipped_messages],
