@@ -238,7 +238,7 @@ def test_report_data_and_csv():
     assert data["totals"]["failed_mailboxes"] == 1 and data["totals"]["errors"] == 1
     rows = list(csv.DictReader(io.StringIO(render_csv(data))))
     assert [(r["mailbox"], r["source_folder"]) for r in rows] == [
-        ("a", "INBOX"), ("a", HOSTILE), ("a", "Q1.2024"), ("b", "")]  # fmt: skip  (stable order: INBOX first)
+        ("a", "INBOX"), ("a", HOSTILE), ("a", "Q1.2024"), ("b", "")]  # fmt: skip
     assert rows[2]["destination_folder"] == "Q1_2024" and rows[2]["renamed"] == "yes"
     assert rows[3]["mailbox_status"] == "failed" and "login failed" in rows[3]["error"]
 
