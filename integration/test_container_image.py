@@ -128,12 +128,14 @@ def image() -> Iterator[dict[str, float]]:
     timings["wheels"] = time.monotonic() - start
     start = time.monotonic()
     args = ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "PIP_OPTIONS=--no-index --find-links /wheels"]
-    previous = sh(["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE]).stdout.strip()
-    # --layers=false: no intermediate images pile up (the code changes every build anyway)
-    res = sh([*BUILD, "--layers=false", *args, "-v", f"{house}:/wheels:ro", "-t", IMAGE, str(ROOT)], timeout=900)
+    # --layers=false: no intermediate images pile up (the code changes every build anyway);
+    # the label lets the untagged earlier builds of this test (and only those) be pruned.
+    label = ["--label", "org.migrator.test=image"]
+    res = sh(
+        [*BUILD, "--layers=false", *label, *args, "-v", f"{house}:/wheels:ro", "-t", IMAGE, str(ROOT)], timeout=900
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    if previous and previous != sh(["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE]).stdout.strip():
-        sh(["podman", "rmi", previous])  # our own previous build, now untagged
+    sh(["podman", "image", "prune", "-f", "--filter", "label=org.migrator.test=image"])
     timings["build"] = time.monotonic() - start
     print(f"container image timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
     yield timings
