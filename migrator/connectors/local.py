@@ -445,10 +445,15 @@ def open_maildir(account: Account, role: Role) -> MaildirStore:
     if root.is_dir() and not _looks_like_maildir(root):
         if role == "source":
             raise ConnectError(f"{root} is not a Maildir (no cur/ directory, no .folder directories)", retryable=False)
-        # look again: another worker may have created tmp/ between the two looks
-        if any(root.iterdir()) and not _looks_like_maildir(root):
+        # another worker may be creating this Maildir right now: only foreign entries count
+        if any(not _maildir_entry(e.name) for e in root.iterdir()) and not _looks_like_maildir(root):
             raise ConnectError(f"{root} is not a Maildir and not empty; refusing to write into it", retryable=False)
     return MaildirStore(root, role)
+
+
+def _maildir_entry(name: str) -> bool:
+    """A name that belongs in a Maildir++ root (ours or Dovecot's)."""
+    return name in ("cur", "new", "tmp", "maildirfolder", "subscriptions") or name.startswith((".", "dovecot"))
 
 
 def _looks_like_maildir(root: Path) -> bool:
