@@ -179,7 +179,11 @@ def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
         messages_per_second=ex.messages_per_second,
     )
     try:
-        state = State.open(state_path, readonly=ex.dry_run)
+        try:
+            state = State.open(state_path, readonly=ex.dry_run)
+        except PlanError as exc:
+            _err(str(exc))
+            raise typer.Exit(int(ExitCode.CONFIG)) from None
         engine = Engine(jobs, state, stats, options)
         try:
             with view:

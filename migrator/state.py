@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from migrator.errors import PlanError
+from migrator.fsinfo import journal_mode
 from migrator.model import FolderPath, MatchKey, MessageMeta, match_key
 
 SCHEMA_VERSION = 1
@@ -153,7 +155,12 @@ class State:
             os.close(fd)
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
         db = sqlite_utils.Database(conn)
-        db.execute("PRAGMA journal_mode=WAL")
+        try:
+            mode = journal_mode(path)  # WAL, or DELETE on network filesystems
+        except ValueError as exc:
+            conn.close()
+            raise PlanError(str(exc)) from None
+        db.execute(f"PRAGMA journal_mode={mode}")
         db.execute("PRAGMA synchronous=NORMAL")
         state = cls(db, path)
         state._create_schema()

@@ -127,3 +127,18 @@ def test_stores_without_validity_upsert_one_row_per_message(tmp_path):
     assert fs.validity is None and fs.done == {"1"} and fs.pending == frozenset()
     st.set_folder(ref)  # same (absent) validity: nothing dropped
     assert st.folder_state(ref).done == {"1"}
+
+
+def test_journal_mode_follows_the_environment(tmp_path, monkeypatch):
+    from migrator.errors import PlanError
+
+    monkeypatch.setenv("MIGRATOR_STATE_JOURNAL", "delete")
+    st = State.open(tmp_path / "d.db")
+    assert st.db.execute("pragma journal_mode").fetchone()[0] == "delete"
+    st.close()
+    monkeypatch.setenv("MIGRATOR_STATE_JOURNAL", "sideways")
+    with pytest.raises(PlanError, match="MIGRATOR_STATE_JOURNAL"):
+        State.open(tmp_path / "e.db")
+    monkeypatch.delenv("MIGRATOR_STATE_JOURNAL")
+    st = State.open(tmp_path / "w.db")
+    assert st.db.execute("pragma journal_mode").fetchone()[0] == "wal"
