@@ -146,7 +146,8 @@ def check_state(db: Path) -> StateCheck:
     done rows per destination folder."""
     import json
 
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    # not mode=ro: after a SIGKILL the WAL must be recovered first, which needs write access
+    conn = sqlite3.connect(str(db), timeout=30)
     try:
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
         statuses = dict(conn.execute("select status, count(*) from messages group by status").fetchall())

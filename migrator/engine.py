@@ -58,6 +58,7 @@ def hashes(store: Source, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> di
 def link_success(link: Link) -> Callable[[], None]:
     def ok() -> None:
         link.progress += 1
+        link.run.progress += 1
         for limit in link._slots:
             limit.succeeded()
 
@@ -227,6 +228,7 @@ class MailboxRun:
         self.folder_errors: list[str] = []
         self.guard_errors: list[str] = []
         self._lock = threading.Lock()
+        self.progress = 0  # batches confirmed by any worker (retries are counted between progress)
 
     # ------------------------------------------------------------------ retries
     def _retrying(self, link: Link) -> Retrying:
@@ -238,7 +240,8 @@ class MailboxRun:
             link.throttled(getattr(exc, "backoff_seconds", None))
             link.disconnect()
 
-        budget = RetryBudget(self.job.options.retries, self.options.max_wait, lambda: link.progress)
+        # progress of the whole mailbox counts: a fault can hit whichever worker's connection
+        budget = RetryBudget(self.job.options.retries, self.options.max_wait, lambda: self.progress)
         return Retrying(
             retry=retry_if_exception(is_retryable),
             stop=budget.stop,

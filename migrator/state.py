@@ -146,6 +146,14 @@ class State:
                 state._create_schema()
                 return state
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                conn.execute("select count(*) from sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                # a run killed with SIGKILL leaves a WAL that SQLite must recover before
+                # anyone can read it, and recovery needs write access to the file; our
+                # code still writes nothing (readonly=True gates every write)
+                conn.close()
+                conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
             state = cls(sqlite_utils.Database(conn), path, readonly=True)
             state._check_version()
             return state

@@ -142,3 +142,17 @@ def test_journal_mode_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("MIGRATOR_STATE_JOURNAL")
     st = State.open(tmp_path / "w.db")
     assert st.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_readonly_open_after_a_sigkill_recovers_the_wal(tmp_path):
+    """`migrator status` / dry runs right after a kill -9: the hot WAL is recovered, not an error."""
+    db = tmp_path / "k.db"
+    code = (
+        "from migrator.state import State, FolderRef; from migrator.model import MessageMeta; import os\n"
+        f"st = State.open({str(db)!r}); ref = FolderRef('j', 's', ('A',), 1, ('A',)); st.set_folder(ref)\n"
+        "st.mark_copied(ref, [(MessageMeta('1', 5, message_id='<m@x>'), 'd', None)], 1)\n"
+        "os.kill(os.getpid(), 9)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    st = State.open(db, readonly=True)
+    assert st.done_rows(FolderRef("j", "s", ("A",), 1, ("A",)))["1"].dst_id == "d"
