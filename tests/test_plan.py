@@ -800,3 +800,37 @@ mailboxes:
         "version": "Exchange2016",
         "auth": "ntlm",
     }
+
+
+def test_exchange_online_csv_with_a_pop3_source(tmp_path: Path) -> None:
+    """Issue 3, part 5: the Exchange Online CSV (EmailAddress, UserName, Password) with a
+    POP3 source endpoint: the CSV password is the POP3 password, the destination uses
+    the endpoint's OAuth settings."""
+    (tmp_path / "users.csv").write_text(
+        "EmailAddress,UserName,Password\nalice@contoso.example,alice,Pop-Secret-1\nbob@contoso.example,bob,Pop-2\n",
+        encoding="utf-8",
+    )
+    plan = tmp_path / "p.yaml"
+    plan.write_text(
+        """version: 1
+endpoints:
+  pop: {type: pop3, host: pop.hoster.example}
+  exo:
+    type: exchange-online
+    oauth: {flow: client_credentials, tenant: contoso.example, client_id: app, client_secret_env: S}
+source: pop
+destination: exo
+defaults: {after_copy: keep, pop3_seen: true}
+mailboxes_csv: users.csv
+""",
+        encoding="utf-8",
+    )
+    p = load_plan(plan)
+    assert [(j.id, j.source.type, j.source.user, j.destination.user) for j in p.jobs] == [
+        ("alice", "pop3", "alice", "alice@contoso.example"),
+        ("bob", "pop3", "bob", "bob@contoso.example"),
+    ]
+    assert p.jobs[0].source.secret.get() == "Pop-Secret-1"
+    assert (p.jobs[0].source.port, p.jobs[0].source.security) == (995, "tls")
+    assert p.jobs[0].destination.oauth is not None and p.jobs[0].options.pop3_seen
+    assert "Pop-Secret-1" not in repr(p)
