@@ -151,7 +151,10 @@ def test_flag_changes_and_new_messages_exactly(dovecot: DovecotServer, user: str
     dovecot.doveadm("flags", "add", "-u", user, "\\Flagged $Todo", "mailbox", "Work", "uid", "101:200")
     fill(opener("destination"), ("Work",), 100, start=1000)  # UIDs 501..600
     store = opener(disable=disable)
-    got = pages(store, folder_of(store, ("Work",)), cursor)
+    folder = folder_of(store, ("Work",))
+    before = store.command_counts.copy()
+    got = pages(store, folder, cursor)
+    assert store.command_counts - before == {"EXAMINE": 1, "UID FETCH": 2}  # sent together: one round trip
     assert len(got) == 1 and not got[0].complete and got[0].vanished == []
     listed = {int(m.id): m for m in got[0].messages}
     assert set(listed) == changed | set(range(501, 601))
@@ -538,3 +541,16 @@ def test_ensure_folder_after_listing_sends_nothing(dovecot: DovecotServer, user:
     again = store.ensure_folder(("Kept",))
     assert again.validity != listed[("Kept",)].validity
     assert "CREATE" in store.command_counts - before
+
+
+def test_delta_of_a_vanished_folder_is_a_folder_error(dovecot: DovecotServer, user: str, opener: Opener) -> None:
+    writer = opener("destination")
+    fill(writer, ("Doomed",), 3)
+    cursor = first_run(opener, ("Doomed",))
+    folder = folder_of(opener(), ("Doomed",))
+    writer.delete_folder(("Doomed",))
+    store = opener()  # a later run: STATUS finds nothing, EXAMINE (with its FETCHes) fails
+    with pytest.raises(FolderError):
+        pages(store, folder, cursor)
+    inbox = folder_of(store, ("INBOX",))  # the connection is still in step
+    assert store.list_messages(inbox) == []

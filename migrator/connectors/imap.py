@@ -223,6 +223,19 @@ class FolderStatus:
         return Cursor(self.validity, self.modseq or 0, self.uidnext, self.messages)
 
 
+_CODE_NUMBER = re.compile(rb"^OK \[(UIDVALIDITY|UIDNEXT|HIGHESTMODSEQ) (\d+)\]", re.IGNORECASE)
+
+
+def _response_codes(lines: Sequence[bytes]) -> dict[str, int]:
+    """UIDVALIDITY / UIDNEXT / HIGHESTMODSEQ from untagged "OK [CODE n]" lines."""
+    out: dict[str, int] = {}
+    for line in lines:
+        m = _CODE_NUMBER.match(line)
+        if m:
+            out[m.group(1).decode("ascii").upper()] = int(m.group(2))
+    return out
+
+
 def _text(data: Any) -> str:
     """Server response text (last item of an imaplib data list) as str."""
     if isinstance(data, list | tuple):
@@ -887,25 +900,45 @@ class ImapStore:
 
     def _delta(self, folder: FolderInfo, old: Cursor) -> ListingPage | None:
         """The changes since ``old`` as one page, or None when only a complete listing
-        can tell (UIDVALIDITY changed, no HIGHESTMODSEQ, expunges without QRESYNC)."""
+        can tell (UIDVALIDITY changed, no HIGHESTMODSEQ, expunges without QRESYNC).
+
+        One round trip: EXAMINE, the flags changed below the old UIDNEXT (CHANGEDSINCE;
+        with QRESYNC also what vanished) and what is new are sent together. (A failed
+        EXAMINE leaves no folder selected, so the FETCHes then fail too.)"""
+        name = self.namespace.encode(folder.path)
+        commands: list[tuple[str, bytes]] = [("EXAMINE", self._quote(name).encode("ascii"))]
+        if old.uidnext > 1:
+            modifier = b"(CHANGEDSINCE %d%s)" % (old.modseq, b" VANISHED" if self._qresync else b"")
+            commands.append(("UID FETCH", b"1:%d %s %s" % (old.uidnext - 1, LIST_ITEMS, modifier)))
+        commands.append(("UID FETCH", b"%d:* %s" % (old.uidnext, LIST_ITEMS)))
         with self._guard("list changes"):
-            now = self._open(folder)
+            wire = self._live_wire
+            self._selected = None
+            got = FetchResult(items=[], completion=Completion("OK", b""))
+            wire.collected = []
+            try:
+                results = wire.pipeline(commands, got)
+            finally:
+                collected, wire.collected = wire.collected, None
+            examined = results[0]
+            self._imap.state = "SELECTED" if examined.ok else "AUTH"  # keep imaplib's view in step
+            if not examined.ok:
+                self._raise_if_throttled("EXAMINE", examined.describe())
+                raise FolderError(f"{self._where}: cannot open folder {'/'.join(folder.path)}: {examined.describe()}")
+            self._selected = (name, True)
+            for done in results[1:]:
+                self._check("UID FETCH", done)
+            codes = _response_codes([rest for rest, _lits in collected])
+            exists = wire.exists if wire.exists is not None else 0
+            now = FolderStatus(
+                codes.get("UIDVALIDITY"),
+                codes.get("UIDNEXT"),
+                exists,
+                codes.get("HIGHESTMODSEQ") if "CONDSTORE" in self._caps else None,
+            )
             cursor = now.cursor()
             if cursor is None or now.modseq is None or now.validity != old.validity:
                 return None
-            # both questions in one round trip: flags changed below the old UIDNEXT
-            # (CHANGEDSINCE; with QRESYNC also what vanished), and what is new
-            commands: list[tuple[str, bytes]] = []
-            if old.uidnext > 1 and now.modseq != old.modseq:
-                modifier = b"(CHANGEDSINCE %d%s)" % (old.modseq, b" VANISHED" if self._qresync else b"")
-                commands.append(("UID FETCH", b"1:%d %s %s" % (old.uidnext - 1, LIST_ITEMS, modifier)))
-            if now.uidnext is None or now.uidnext > old.uidnext:
-                commands.append(("UID FETCH", b"%d:* %s" % (old.uidnext, LIST_ITEMS)))
-            wire = self._live_wire
-            got = FetchResult(items=[], completion=Completion("OK", b""))
-            if commands:
-                for done in wire.pipeline(commands, got):
-                    self._check("UID FETCH", done)
             listed = [i for i in got.items if i.uid > 0 and i.size is not None]
             new = [i for i in listed if i.uid >= old.uidnext]
             changed = [i for i in listed if i.uid < old.uidnext]
@@ -913,7 +946,7 @@ class ImapStore:
             # messages below the old UIDNEXT now; fewer than the cursor's count minus
             # what VANISHED named (a superset of what really went) means expunges we
             # were not told about: only a complete listing can tell which
-            below = (wire.exists if wire.exists is not None else now.messages or 0) - len({i.uid for i in new})
+            below = wire.exists - len({i.uid for i in new}) if wire.exists is not None else exists
             if below < old.exists - len(vanished) or (not self._qresync and below != old.exists):
                 return None
         seen: set[int] = set()
