@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +56,19 @@ class QuotaServer(DovecotServer):
             tmp.write_text(f"{line}userdb_quota_rule=*:storage={kib}K\n", encoding="utf-8")
             tmp.chmod(0o644)
             os.replace(tmp, path)
+
+
+def wait_for_limit(server: QuotaServer, user: str, kib: int, seconds: float = 15.0) -> None:
+    """Until Dovecot's auth reads the changed passwd-file (it looks at most once a second
+    per file), a new login still gets the old limit: wait, bounded, until it shows."""
+    deadline = time.monotonic() + seconds
+    while True:
+        out = server.doveadm("quota", "get", "-u", user)
+        if re.search(rf"\bSTORAGE\s+\d+\s+{kib}\b", out):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"quota of {user} not raised to {kib} KiB after {seconds} s:\n{out}")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +121,7 @@ def test_full_mailbox_stops_clearly_others_finish_and_a_rerun_completes(quota_se
     assert not_more_than_source(sources["full"], partial) == []
     # the administrator raises the quota; the same command finishes the job
     server.set_quota("dst-full", full_size * 2 // 1024)
+    wait_for_limit(server, "dst-full", full_size * 2 // 1024)
     second = migrator("run", str(plan))
     assert second.returncode == 0, second.stdout + second.stderr
     for box in ("alpha", "full", "gamma"):
