@@ -447,7 +447,10 @@ def _login(client: IMAPClient, account: Account) -> None:
         raise AuthError(f"{host}: no password given for {user}")
     password = account.secret.get()
     try:
-        client.login(user, password)
+        if password.isascii() and user.isascii():
+            client.login(user, password)
+        else:  # LOGIN's quoted strings are ASCII only; AUTHENTICATE PLAIN carries UTF-8
+            client.plain_login(user, password)
     except imap_exc.LoginError as exc:
         text = re.sub(r"^b'(.*)'$", r"\1", str(exc)).strip()
         if password:
