@@ -493,7 +493,10 @@ mailboxes_csv: users.csv
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads((tmp_path / "run.json").read_text())
     totals = report["totals"]
-    assert (totals["copied"], totals["failed"], totals["skipped"]) == (RUN_COUNT + 5, 0, 2)
+    # a throttle can land inside a pipeline of APPENDs: the ones the server had already
+    # stored are recognised at the destination ("matched") instead of being sent again
+    arrived = totals["copied"] + totals["matched"]
+    assert (arrived, totals["failed"], totals["skipped"]) == (RUN_COUNT + 5, 0, 2), totals
     assert mids_of(report, "skipped", "over the destination's limit", uid_to_mid) == oversized
     assert notes_of(report, "re-encoded") == reencoded
     assert report["mailboxes"][0]["status"] == "ok"
