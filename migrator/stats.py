@@ -69,9 +69,7 @@ class MailboxStats:
     failed_messages: list[tuple[FolderPath, str, str]] = field(default_factory=list)
     # source listings of the running mailbox: (store, folder) -> {id: (Message-ID, size)};
     # keyed by id so a retry's second listing counts nothing twice; dropped at finish
-    listings: dict[tuple[str, FolderPath], dict[str, tuple[str | None, int]]] = field(
-        default_factory=dict, repr=False
-    )
+    listings: dict[tuple[str, FolderPath], dict[str, tuple[str | None, int]]] = field(default_factory=dict, repr=False)
 
     def total(self, name: str) -> int:
         return sum(getattr(f, name) for f in self.folders)
