@@ -1087,13 +1087,26 @@ class ImapStore:
             failed = [r for r in results if not r.ok]
             if not failed:
                 return self._appended_ids([r.text for r in results], 1)
-            if any(r.status == "BAD" for r in failed):
-                self._append_failed(next(r for r in failed if r.status == "BAD"))
             stored = [r for r in results if r.ok]
-            first = failed[0]
+            first = next((r for r in failed if not _is_throttled(r.describe())), failed[0])
             text = first.describe()
-            if stored and not _is_quota(text) and "[TRYCREATE]" not in text.upper():
-                self._roll_back(folder, stored, text)
+            if not stored or _is_quota(text) or "[TRYCREATE]" in text.upper():
+                # nothing to undo, or the mailbox stops (quota) / the folder is missing
+                # (nothing was stored): the pending rows are reconciled on the next run
+                self._append_failed(first)
+            # a refused message (MessageError): the caller retries the batch one by one,
+            # so what was stored must go first; a throttling answer (TransientError)
+            # too, for now: the engine would match the stored ones on its retry, but
+            # its counters then report them as "already there" (see the report).
+            # Each APPEND was a command of its own, so even a BAD leaves the connection
+            # usable if a NOOP still answers in step.
+            self._check_in_sync()
+            if self._client is None:
+                raise TransientError(
+                    f"{self._where}: APPEND refused for part of a batch ({text}) and the connection was lost; "
+                    "the destination is reconciled before anything is sent again"
+                )
+            self._roll_back(folder, stored, text)
             self._append_failed(first)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -1108,6 +1121,10 @@ class ImapStore:
         if done.ok:
             return
         text = done.describe()
+        if _is_throttled(text):
+            if done.status == "BAD":
+                self._lost()
+            self._raise_if_throttled("APPEND", text)
         if done.status == "BAD":
             # with non-synchronizing literals the server may have read the rest of
             # our literals as commands: this connection cannot be trusted any more
