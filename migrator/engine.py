@@ -505,7 +505,11 @@ class MailboxRun:
                     else:
                         state.set_cursor(ref, page.cursor)
         if mirror and opts.delete:
-            gone = vanished if not complete else [i for i in done_rows if i not in listed_ids]
+            gone = (
+                [i for i in vanished if i in done_rows]
+                if not complete
+                else [i for i in done_rows if i not in listed_ids]
+            )
             self._mirror_deletions(dst, dst_folder, ref, fstats, gone, len(done_rows))
         if deferred_cursor and not self.options.dry_run:
             state.set_cursor(ref, deferred_cursor[0])
