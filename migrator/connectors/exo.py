@@ -45,7 +45,7 @@ from imapclient.response_parser import parse_fetch_response
 
 from migrator.auth import Lease, access_lease
 from migrator.connectors.base import ListingPage
-from migrator.connectors.imap import ImapStore, open_imap
+from migrator.connectors.imap import ImapStore, open_imap, throttle_backoff
 from migrator.connectors.longlines import fix_long_lines
 from migrator.errors import FolderError, MigratorError, TransientError
 from migrator.model import Account, FolderInfo, FolderPath, MessageMeta, header_block, normalise_message_id
@@ -86,16 +86,15 @@ RESERVED_NAMES = (
     "RSS Feeds",
 )
 PARENT_HEADERS = b"BODY.PEEK[HEADER.FIELDS (X-MS-EXCHANGE-PARENT-MESSAGE-ID X-MIGRATOR-REENCODED)]"
-_THROTTLED = re.compile(r"Request is throttled\.?\s*Suggested\s+Backoff\s+Time:\s*(\d+)\s*milliseconds", re.I)
 _TRACE = re.compile(rb"^X-Migrator-Reencoded:[^\r\n]*original-size=(\d+)", re.I | re.M)
 _PARENT = re.compile(rb"^X-MS-Exchange-Parent-Message-Id:((?:[^\r\n]|\r?\n[ \t])*)", re.I | re.M)
 _DNT = re.compile(rb"^Disposition-Notification-To:", re.I | re.M)
 
 
 def throttle_seconds(text: str) -> float | None:
-    """Seconds from an Exchange Online throttling answer, None for any other text."""
-    m = _THROTTLED.search(text)
-    return int(m.group(1)) / 1000 if m else None
+    """Seconds from an Exchange Online throttling answer, None for any other text
+    (the IMAP connector's parser: one reading of the answer for both)."""
+    return throttle_backoff(text)
 
 
 def adapt_message(meta: MessageMeta, raw: bytes, max_line: int = MAX_LINE_LENGTH) -> tuple[bytes, str | None]:
