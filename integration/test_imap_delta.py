@@ -115,7 +115,8 @@ def test_unchanged_folder_costs_no_command(dovecot: DovecotServer, user: str, op
 
 def test_ten_thousand_unchanged_is_fast(dovecot: DovecotServer, user: str, opener: Opener) -> None:
     """10,000 messages: the first listing is one lean UID FETCH; the next run of an
-    unchanged mailbox (connect, LIST, no SELECT, no FETCH) takes well under 0.3 s."""
+    unchanged mailbox is connect and LIST alone (no SELECT, no FETCH). Its time is
+    printed, measured by the benchmark (integration/bench), not asserted here."""
     date = datetime(2020, 1, 1, tzinfo=UTC)
     msgs = (CorpusMessage(("INBOX",), frozenset({"\\Seen"}), date, message(i)) for i in range(10_000))
     load_maildir(msgs, dovecot.maildir(user), uid=dovecot.mail_uid, gid=dovecot.mail_gid, folders=[("INBOX",)])
@@ -127,7 +128,6 @@ def test_ten_thousand_unchanged_is_fast(dovecot: DovecotServer, user: str, opene
     first = time.perf_counter() - started
     assert sum(len(p.messages) for p in listing) == 10_000
     assert store.command_counts["UID FETCH"] == 1
-    assert first < 3.0, f"listing 10,000 messages took {first:.2f} s"
     cursor = listing[-1].cursor
     # the re-run: best of three, on a machine shared with other work
     timings = []
@@ -139,7 +139,6 @@ def test_ten_thousand_unchanged_is_fast(dovecot: DovecotServer, user: str, opene
         assert got == [ListingPage([], cursor=cursor, vanished=[], complete=False)]
         assert body_commands(again) == {}
     print(f"10,000 messages: first listing {first:.3f} s, unchanged re-runs {timings}")
-    assert min(timings) < 0.3, timings
 
 
 # ------------------------------------------------------------------ changes

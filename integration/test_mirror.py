@@ -252,6 +252,10 @@ def test_unchanged_mailbox_costs_no_body_fetch_and_changes_send_exactly_themselv
         verbs = Counter(re.sub(r"^\S+ (UID )?", "", line).split(" ")[0].upper() for line in lines if line)
         assert body_fetches(lines) == 0, lines
         assert not any(v in verbs for v in ("FETCH", "APPEND", "STORE", "SELECT", "EXAMINE")), verbs
+        # the summary still accounts for every message, though none was listed
+        assert "copied 0 message(s) (0.0 MB), 300 already there" in out.stdout, out.stdout
+        # one connection per side: no folder worker logs in for folders known unchanged
+        assert verbs["LOGIN"] + verbs["AUTHENTICATE"] == 2, verbs
         print(f"no-change re-run: {elapsed:.2f} s wall (process start included), commands {dict(verbs)}")
 
         # 20 flag changes and 20 new messages: exactly those travel

@@ -16,8 +16,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from migrator import __version__
 from migrator.engine import Engine, RunOptions
@@ -29,6 +27,8 @@ from migrator.stats import RunStats
 from migrator.urls import pair_state_name, parse_url, redact
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from migrator.predict import Throughput
 
 app = typer.Typer(
@@ -74,13 +74,26 @@ Parallel = Annotated[
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     console = Console(stderr=False, highlight=False)
     if not console.is_terminal:  # cron mail, CI logs: wide enough for the summary table
         console = Console(stderr=False, highlight=False, width=160)
     return console
 
 
+def _say(console: Console | None, line: str) -> None:
+    """One plain line on stdout, through the console when there is one (keeps the order
+    with its tables); never wrapped, so cron mail and log shippers get it whole."""
+    if console is None:
+        print(line, flush=True)
+    else:
+        console.print(line, markup=False, soft_wrap=True)
+
+
 def _err(msg: str) -> None:
+    from rich.console import Console
+
     Console(stderr=True, highlight=False, soft_wrap=True).print(msg, markup=False)
 
 
@@ -151,16 +164,17 @@ def _rate(bwlimit: str | None) -> float | None:
 
 def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
     """Run ``jobs`` with progress and summary; always ends with typer.Exit(code)."""
-    from migrator.reports import check_report_paths
+    if ex.reports:
+        from migrator.reports import check_report_paths
 
-    try:
-        check_report_paths(ex.reports)
-    except PlanError as exc:
-        _err(str(exc))
-        raise typer.Exit(int(ExitCode.CONFIG)) from None
-    console = _console()
+        try:
+            check_report_paths(ex.reports)
+        except PlanError as exc:
+            _err(str(exc))
+            raise typer.Exit(int(ExitCode.CONFIG)) from None
+    console = None if ex.quiet else _console()  # quiet (cron): rich is never loaded
     _sigterm_as_interrupt()
-    view = ProgressView(console, [j.id for j in jobs], enabled=not ex.quiet and console.is_terminal)
+    view = ProgressView(console, [j.id for j in jobs], enabled=console is not None and console.is_terminal)
     stats = RunStats([j.id for j in jobs], listener=view.update)
     try:
         lock = None if ex.dry_run else RunLock(state_path)
@@ -197,7 +211,7 @@ def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
             lock.__exit__(None, None, None)
     code = exit_code(stats)
     data = _report(jobs, stats, state_path, ex) if ex.dry_run or ex.reports else None
-    if not ex.quiet:
+    if console is not None:
         if ex.dry_run and data is not None:
             from migrator.reports import print_dry_run
 
@@ -209,7 +223,7 @@ def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
         from migrator.reports import write_report_files
 
         for path in write_report_files(ex.reports, data):
-            console.print(f"report written: {path}", markup=False)
+            _say(console, f"report written: {path}")
     if ex.metrics_file:
         from migrator.observe import write_metrics
 
@@ -217,7 +231,7 @@ def _execute(jobs: list[MailboxJob], state_path: Path, ex: Execution) -> None:
     line = one_line(stats, code, dry_run=ex.dry_run)
     if code == ExitCode.INTERRUPTED:
         line += " (interrupted: run the same command again to resume)"
-    console.print(line, markup=False)
+    _say(console, line)
     raise typer.Exit(int(code))
 
 
@@ -368,6 +382,8 @@ def status(
     st = State.open(path, readonly=True)
     try:
         console = _console()
+        from rich.table import Table
+
         table = Table(title=f"State {path}", title_justify="left")
         for col in ("Mailbox", "Folders", "Copied", "Already there", "Skipped", "Failed", "Pending", "MB", "Updated"):
             table.add_column(col, justify="left" if col in ("Mailbox", "Updated") else "right")

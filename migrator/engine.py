@@ -41,7 +41,7 @@ from migrator.folders import FolderMap, FolderPlan, join, map_folders
 from migrator.march import altered_candidates, hash_candidates, march, match_altered, match_existing
 from migrator.model import SEEN, Account, FolderInfo, FolderPath, MailboxJob, MessageMeta
 from migrator.ratelimit import AdaptiveLimit, Budgets, ByteBudget, Limits
-from migrator.state import FolderRef, State
+from migrator.state import DoneRow, FolderRef, State, folder_key
 from migrator.stats import FolderStats, RunStats
 from migrator.transfer import DryRunDestination, FolderCopy, content_hash, preview_adaptations
 
@@ -337,22 +337,28 @@ class MailboxRun:
                 self.stats.excluded(jid, ex.source.path, ex.reason)
             assert first.src is not None
             can_parallel = first.src.capabilities.folders
-            workers = max(1, min(self.job.options.folder_workers if can_parallel else 1, len(plan.maps)))
+            quiet, busy = self._known_unchanged(first.src, label, plan.maps)
+            # extra connections only for folders that may have work: an unchanged mailbox
+            # is visited by the first link alone, from the data its listing fetched
+            workers = max(1, min(self.job.options.folder_workers if can_parallel else 1, len(busy)))
             todo: queue.SimpleQueue[FolderMap] = queue.SimpleQueue()
-            for fm in plan.maps:
+            for fm in busy:
                 todo.put(fm)
             stop = threading.Event()
             fatal: list[BaseException] = []
 
-            def work(link: Link) -> None:
+            def work(link: Link, own: Sequence[FolderMap] = ()) -> None:
                 try:
+                    mine = iter(own)
                     while not stop.is_set():
                         if self.cancel.is_set():
                             raise KeyboardInterrupt
-                        try:
-                            fm = todo.get_nowait()
-                        except queue.Empty:
-                            return
+                        fm = next(mine, None)
+                        if fm is None:
+                            try:
+                                fm = todo.get_nowait()
+                            except queue.Empty:
+                                return
                         self._sync_one(link, fm, label)
                 except BaseException as exc:  # fatal for the mailbox: stop the other workers
                     stop.set()
@@ -368,7 +374,7 @@ class MailboxRun:
             ]
             for t in threads:
                 t.start()
-            work(first)
+            work(first, quiet)
             for t in threads:
                 t.join()
             if fatal:
@@ -384,6 +390,21 @@ class MailboxRun:
             first.close_source()
         finally:
             first.disconnect()
+
+    def _known_unchanged(
+        self, src: Source | None, label: str, maps: Sequence[FolderMap]
+    ) -> tuple[list[FolderMap], list[FolderMap]]:
+        """``maps`` split into the folders the source already knows unchanged since their
+        stored cursor (``Source.known_unchanged``, no round trip) and the rest."""
+        check = getattr(src, "known_unchanged", None)
+        if check is None or self.options.dry_run:
+            return [], list(maps)
+        cursors = self.state.cursors(self.job.id, label)
+        quiet: list[FolderMap] = []
+        busy: list[FolderMap] = []
+        for fm in maps:
+            (quiet if check(fm.source, cursors.get(folder_key(fm.source.path))) else busy).append(fm)
+        return quiet, busy
 
     def _sync_one(self, link: Link, fm: FolderMap, label: str) -> None:
         jid = self.job.id
@@ -410,10 +431,12 @@ class MailboxRun:
         ref = FolderRef(jid, label, src_folder.path, src_folder.validity, fm.dest_path)
         fstats = self.stats.folder(jid, label, src_folder.path, fm.dest_path, fm.notes)
         dst_folder = dst.ensure_folder(fm.dest_path, fm.special_use)
-        fs = state.folder_state(ref)
+        fs = state.folder_state(ref, ids=False)  # the ids are read when a page has messages
+        ids_read = not fs.known or bool(fs.pending or fs.failed)
         validity_changed = fs.known and fs.validity != src_folder.validity
         if validity_changed:
             log.warning("%s: %s: UIDVALIDITY changed; re-matching against the destination", jid, join(ref.path))
+            ids_read = True  # the old ids mean nothing now
         state.set_folder(ref)
         done = frozenset() if validity_changed else fs.done
         pending = frozenset() if validity_changed else fs.pending
@@ -423,17 +446,26 @@ class MailboxRun:
         cursor = None if (validity_changed or fs.pending or fs.failed or self.options.dry_run) else fs.cursor
         # (a dry run reports whole folders, so it lists them completely too)
         # a retry lists again: listing counters restart, what was copied stays counted
-        copied_before = fstats.copied
+        copied_before = copied_at_start = fstats.copied
+        seen_done = 0  # listed messages already at the destination
         self.stats.set(jid, fstats, listed=0, done=0, skipped=0, matched=0, to_copy=0, bytes_to_copy=0)
         listed_ids: set[str] = set()
         deferred_cursor: tuple[str | None, ...] = ()  # a cursor past deletions not yet applied
         complete = False
         vanished: list[str] = []
         mirror = opts.mode == "mirror"
-        done_rows = state.done_rows(ref) if mirror and not validity_changed else {}
+        # mirror: what the destination holds of this folder, read once something is listed
+        # or vanished (an unchanged folder never needs it)
+        done_rows: dict[str, DoneRow] = {}
+        rows_read = not mirror or validity_changed
         extra = frozenset({SEEN}) if (not src.capabilities.flags and opts.pop3_seen) else frozenset()
         for page in self._pages(src, src_folder, cursor):
+            if page.messages and not ids_read:
+                fs, ids_read = state.folder_state(ref), True
+                done, pending = fs.done, fs.pending
             complete = complete or page.complete
+            if not rows_read and (page.messages or page.vanished or complete):
+                done_rows, rows_read = state.done_rows(ref), True
             listed_ids.update(m.id for m in page.messages)
             self.stats.listing(jid, fstats, page.messages)  # sizes, Message-ID problems for reports
             vanished.extend(page.vanished)
@@ -450,6 +482,7 @@ class MailboxRun:
             renumbered = bool(done) and len(todo) > max(10, len(page.messages) // 2)
             if todo and (not reconciled or m.pending or renumbered):
                 matched, todo = self._match_destination(src, dst, todo, (src_folder, dst_folder), ref)
+            seen_done += len(m.done)
             already = max(len(m.done) - copied_before, 0)
             copied_before = max(copied_before - len(m.done), 0)
             self.stats.add(
@@ -497,13 +530,18 @@ class MailboxRun:
                     lambda meta, note: self._changed(fstats, src_folder, meta, note),
                 )
             if not self.options.dry_run:
-                state.set_reconciled(ref)
-                reconciled = True
+                if not reconciled:
+                    state.set_reconciled(ref)
+                    reconciled = True
                 if src.capabilities.incremental:
                     if mirror and opts.delete and (vanished or complete):
                         deferred_cursor = (page.cursor,)  # saved once the deletions are done
-                    else:
+                    elif page.cursor != fs.cursor or validity_changed:
                         state.set_cursor(ref, page.cursor)
+        if fs.known and not validity_changed and not complete:
+            # an incremental visit lists only what changed; the rest is already there
+            rest = max(fs.n_done - seen_done - copied_at_start, 0)
+            self.stats.add(jid, fstats, listed=rest, done=rest)
         if mirror and opts.delete:
             gone = (
                 [i for i in vanished if i in done_rows]

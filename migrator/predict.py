@@ -134,7 +134,7 @@ def measured_throughput(state_path: Path | None, parallel: int) -> Throughput | 
             secs = _iso_seconds(run["started"], run["finished"])
             if not secs or secs < 1:
                 continue
-            row = state.db.execute(
+            row = state.conn.execute(
                 "select count(distinct job) from messages where run_id = ? and status = 'copied'", [run["id"]]
             ).fetchone()
             lanes = max(1, min(int(row[0] or 1), max(parallel, 1)))

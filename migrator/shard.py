@@ -446,7 +446,7 @@ def import_rows(dest_db: Path, source_db: Path, jobs: Sequence[str]) -> int:
     state = State.open(dest_db)
     imported = 0
     try:
-        dest_conn = state.db.conn
+        dest_conn = state.conn
         marks = ", ".join("?" for _ in jobs)
         dest_conn.execute("begin immediate")
         try:

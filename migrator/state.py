@@ -1,4 +1,8 @@
-"""The checkpoint store: ``state/<plan>.db``, SQLite through sqlite-utils.
+"""The checkpoint store: ``state/<plan>.db``, SQLite.
+
+The run reads and writes with plain SQL on one sqlite3 connection; ``State.db`` offers
+the same connection through sqlite-utils for inspection and tools (imported on first
+use, since importing it costs about 40 ms of every run's start).
 
 One connection, one writer (a lock serialises the worker threads), batched
 transactions, WAL journal on local files. A message row reaches ``copied`` only
@@ -41,10 +45,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from migrator.errors import PlanError
 from migrator.fsinfo import journal_mode
 from migrator.model import FolderPath, MatchKey, MessageMeta, match_key
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 SCHEMA_VERSION = 1
 DONE = ("copied", "matched")
@@ -59,9 +67,12 @@ def now() -> str:
 
 
 def _import_sqlite_utils():  # type: ignore[no-untyped-def]
-    """sqlite-utils imports pandas and numpy when they are installed, only to convert
-    their types on insert, which we never do; that costs more than the rest of a
-    no-change run. Hide them while it is imported (and only then)."""
+    """sqlite-utils, imported on first use of ``State.db``: a run never needs it (the
+    checkpoint path is plain SQL on the sqlite3 connection) and importing it costs
+    about 40 ms of every run's start, an eighth of a no-change re-run.
+
+    It imports pandas and numpy when they are installed, only to convert their types
+    on insert, which we never do; hide them while it is imported (and only then)."""
     import sys
 
     hidden = [name for name in ("numpy", "pandas") if name not in sys.modules]
@@ -73,9 +84,6 @@ def _import_sqlite_utils():  # type: ignore[no-untyped-def]
         for name in hidden:
             del sys.modules[name]
     return sqlite_utils
-
-
-sqlite_utils = _import_sqlite_utils()
 
 
 def flags_text(flags: Iterable[str]) -> str:
@@ -112,6 +120,7 @@ class FolderState:
     known: bool  # the folder has a row
     cursor: str | None = None  # incremental listing position
     failed: frozenset[str] = frozenset()  # source ids whose copy failed (tried again next run)
+    n_done: int = 0  # how many source ids are copied or matched (also when ``done`` was not read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +134,17 @@ class DoneRow:
 class State:
     """Checkpoint store. Thread-safe; every write is one transaction."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path | None, readonly: bool = False):
-        self.db = db
+    def __init__(self, conn: sqlite3.Connection, path: Path | None, readonly: bool = False):
+        self.conn = conn
         self.path = path
         self.readonly = readonly
         self._lock = threading.RLock()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The same connection as a ``sqlite_utils.Database`` (tables, rows, queries) for
+        inspection and tools; the run's own reads and writes use ``conn``."""
+        return _import_sqlite_utils().Database(self.conn)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -142,7 +157,7 @@ class State:
         if readonly:
             if not path.exists():
                 conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-                state = cls(sqlite_utils.Database(conn), None, readonly=True)
+                state = cls(conn, None, readonly=True)
                 state._create_schema()
                 return state
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
@@ -154,7 +169,7 @@ class State:
                 # code still writes nothing (readonly=True gates every write)
                 conn.close()
                 conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
-            state = cls(sqlite_utils.Database(conn), path, readonly=True)
+            state = cls(conn, path, readonly=True)
             state._check_version()
             return state
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,51 +177,50 @@ class State:
             fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
             os.close(fd)
         conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
-        db = sqlite_utils.Database(conn)
         try:
             mode = journal_mode(path)  # WAL, or DELETE on network filesystems
         except ValueError as exc:
             conn.close()
             raise PlanError(str(exc)) from None
-        db.execute(f"PRAGMA journal_mode={mode}")
-        db.execute("PRAGMA synchronous=NORMAL")
-        state = cls(db, path)
+        conn.execute(f"PRAGMA journal_mode={mode}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        state = cls(conn, path)
         state._create_schema()
         return state
 
     def close(self) -> None:
         with self._lock:
-            self.db.conn.close()
+            self.conn.close()
 
     def _check_version(self) -> None:
-        if "meta" not in self.db.table_names():
+        if not self.conn.execute("select 1 from sqlite_master where type = 'table' and name = 'meta'").fetchone():
             return
-        row = self.db.execute("select value from meta where key = 'schema_version'").fetchone()
+        row = self.conn.execute("select value from meta where key = 'schema_version'").fetchone()
         if row and int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: state schema {row[0]} is newer than this migrator ({SCHEMA_VERSION})")
 
     def _create_schema(self) -> None:
         self._check_version()
         with self._tx():
-            self.db.execute("create table if not exists meta (key text primary key, value text)")
-            self.db.execute(
+            self.conn.execute("create table if not exists meta (key text primary key, value text)")
+            self.conn.execute(
                 "insert or ignore into meta (key, value) values ('schema_version', ?), ('created', ?)",
                 [str(SCHEMA_VERSION), now()],
             )
-            self.db.execute(
+            self.conn.execute(
                 """create table if not exists runs (
                     id integer primary key, started text, finished text, status text,
                     command text, dry_run integer, copied integer default 0,
                     matched integer default 0, skipped integer default 0,
                     failed integer default 0, bytes integer default 0)"""
             )
-            self.db.execute(
+            self.conn.execute(
                 """create table if not exists folders (
                     job text, source text, src_folder text, src_validity integer, dst_folder text,
                     reconciled integer default 0, cursor text, updated text,
                     primary key (job, source, src_folder))"""
             )
-            self.db.execute(
+            self.conn.execute(
                 """create table if not exists messages (
                     job text, source text, src_folder text, src_validity integer, src_id text,
                     dst_folder text, dst_id text, size integer, message_id text,
@@ -214,8 +228,8 @@ class State:
                     src_deleted integer default 0, run_id integer, updated text,
                     primary key (job, source, src_folder, src_validity, src_id))"""
             )
-            self.db.execute("create index if not exists messages_dst on messages (job, dst_folder, status)")
-            self.db.execute(
+            self.conn.execute("create index if not exists messages_dst on messages (job, dst_folder, status)")
+            self.conn.execute(
                 """create table if not exists errors (
                     id integer primary key, run_id integer, job text, folder text,
                     src_id text, kind text, message text, at text)"""
@@ -224,7 +238,7 @@ class State:
     @contextmanager
     def _tx(self) -> Iterator[None]:
         with self._lock:
-            conn = self.db.conn
+            conn = self.conn
             if conn.in_transaction:
                 yield
                 return
@@ -244,7 +258,7 @@ class State:
         if not self._write():
             return 0
         with self._tx():
-            cur = self.db.execute(
+            cur = self.conn.execute(
                 "insert into runs (started, status, command, dry_run) values (?, 'running', ?, ?)",
                 [now(), command, int(dry_run)],
             )
@@ -255,34 +269,59 @@ class State:
             return
         cols = ("copied", "matched", "skipped", "failed", "bytes")
         with self._tx():
-            self.db.execute(
+            self.conn.execute(
                 f"update runs set finished = ?, status = ?, {', '.join(f'{c} = ?' for c in cols)} where id = ?",
                 [now(), status, *(int(counts.get(c, 0)) for c in cols), run_id],
             )
 
     # ------------------------------------------------------------------ folders
-    def folder_state(self, ref: FolderRef) -> FolderState:
+    def folder_state(self, ref: FolderRef, ids: bool = True) -> FolderState:
+        """The folder's row and the source ids it accounts for by status. ``ids=False``:
+        the row and the counts only, with empty id sets (what an unchanged folder needs;
+        reading the ids of 10,000 messages costs more than the rest of its no-change
+        visit), unless some are pending or failed: then the whole state, as those ids
+        matter at once."""
         with self._lock:
             fk = folder_key(ref.path)
-            row = self.db.execute(
+            row = self.conn.execute(
                 "select src_validity, reconciled, cursor from folders where job = ? and source = ? and src_folder = ?",
                 [ref.job, ref.source, fk],
             ).fetchone()
             if row is None:
                 return FolderState(None, False, frozenset(), frozenset(), False)
             validity, reconciled, cursor = row  # validity as stored (0: none) for the query below
+            shown = None if validity == NO_VALIDITY else validity
+            if not ids:
+                counts = dict(
+                    self.conn.execute(
+                        "select status, count(*) from messages where job = ? and source = ? and src_folder = ?"
+                        " and src_validity is ? and status in ('copied', 'matched', 'pending', 'failed')"
+                        " group by status",
+                        [ref.job, ref.source, fk, validity],
+                    )
+                )
+                if not counts.get("pending") and not counts.get("failed"):
+                    n_done = counts.get("copied", 0) + counts.get("matched", 0)
+                    return FolderState(shown, bool(reconciled), frozenset(), frozenset(), True, cursor, n_done=n_done)
             done: set[str] = set()
             pending: set[str] = set()
             failed: set[str] = set()
-            for src_id, status in self.db.execute(
+            for src_id, status in self.conn.execute(
                 "select src_id, status from messages where job = ? and source = ? and src_folder = ?"
                 " and src_validity is ? and status in ('copied', 'matched', 'pending', 'failed')",
                 [ref.job, ref.source, fk, validity],
             ):
                 {"pending": pending, "failed": failed}.get(status, done).add(src_id)
-            shown = None if validity == NO_VALIDITY else validity
             return FolderState(
-                shown, bool(reconciled), frozenset(done), frozenset(pending), True, cursor, frozenset(failed)
+                shown, bool(reconciled), frozenset(done), frozenset(pending), True, cursor, frozenset(failed), len(done)
+            )
+
+    def cursors(self, job: str, source: str) -> dict[str, str | None]:
+        """The stored listing cursor of every folder of ``source`` in ``job``, by
+        ``folder_key`` (one query; for scheduling)."""
+        with self._lock:
+            return dict(
+                self.conn.execute("select src_folder, cursor from folders where job = ? and source = ?", [job, source])
             )
 
     def set_folder(self, ref: FolderRef) -> None:
@@ -293,27 +332,27 @@ class State:
             return
         fk, where = folder_key(ref.path), [ref.job, ref.source, folder_key(ref.path)]
         with self._tx():
-            row = self.db.execute(
+            row = self.conn.execute(
                 "select src_validity from folders where job = ? and source = ? and src_folder = ?", where
             ).fetchone()
             if row is not None and row[0] != ref.validity:
-                self.db.execute(
+                self.conn.execute(
                     "delete from messages where job = ? and source = ? and src_folder = ? and src_validity is not ?",
                     [*where, ref.validity],
                 )
-                self.db.execute(
+                self.conn.execute(
                     "update folders set src_validity = ?, dst_folder = ?, reconciled = 0, cursor = null,"
                     " updated = ? where job = ? and source = ? and src_folder = ?",
                     [ref.validity, folder_key(ref.dst), now(), *where],
                 )
             elif row is None:
-                self.db.execute(
+                self.conn.execute(
                     "insert into folders (job, source, src_folder, src_validity, dst_folder, reconciled, updated)"
                     " values (?, ?, ?, ?, ?, 0, ?)",
                     [ref.job, ref.source, fk, ref.validity, folder_key(ref.dst), now()],
                 )
             else:
-                self.db.execute(
+                self.conn.execute(
                     "update folders set dst_folder = ?, updated = ? where job = ? and source = ? and src_folder = ?",
                     [folder_key(ref.dst), now(), *where],
                 )
@@ -322,7 +361,7 @@ class State:
         if not self._write():
             return
         with self._tx():
-            self.db.execute(
+            self.conn.execute(
                 "update folders set reconciled = 1, updated = ? where job = ? and source = ? and src_folder = ?",
                 [now(), ref.job, ref.source, folder_key(ref.path)],
             )
@@ -332,7 +371,7 @@ class State:
         if not self._write():
             return
         with self._tx():
-            self.db.execute(
+            self.conn.execute(
                 "update folders set cursor = ?, updated = ? where job = ? and source = ? and src_folder = ?",
                 [cursor, now(), ref.job, ref.source, folder_key(ref.path)],
             )
@@ -343,15 +382,15 @@ class State:
             return
         where = [ref.job, ref.source, folder_key(ref.path)]
         with self._tx():
-            self.db.execute("delete from messages where job = ? and source = ? and src_folder = ?", where)
-            self.db.execute("delete from folders where job = ? and source = ? and src_folder = ?", where)
+            self.conn.execute("delete from messages where job = ? and source = ? and src_folder = ?", where)
+            self.conn.execute("delete from folders where job = ? and source = ? and src_folder = ?", where)
 
     def known_folders(self, job: str, source: str) -> list[FolderRef]:
         """Every folder this source had, as it was recorded (validity included)."""
         with self._lock:
             return [
                 FolderRef(job, source, tuple(json.loads(src)), validity, tuple(json.loads(dst)))
-                for src, dst, validity in self.db.execute(
+                for src, dst, validity in self.conn.execute(
                     "select src_folder, dst_folder, src_validity from folders where job = ? and source = ?",
                     [job, source],
                 )
@@ -366,7 +405,7 @@ class State:
         message the destination already has from another source is not copied again."""
         counts: Counter[MatchKey] = Counter()
         with self._lock:
-            for mid, size, sha in self.db.execute(
+            for mid, size, sha in self.conn.execute(
                 "select message_id, size, content_hash from messages"
                 " where job = ? and source = ? and dst_folder = ? and status in ('copied', 'matched')",
                 [job, source, folder_key(dst)],
@@ -387,7 +426,7 @@ class State:
             return
         fk, dk, ts = folder_key(ref.path), folder_key(ref.dst), now()
         with self._tx():
-            self.db.conn.executemany(
+            self.conn.executemany(
                 "insert into messages (job, source, src_folder, src_validity, src_id, dst_folder, dst_id, size,"
                 " message_id, content_hash, flags, status, reason, run_id, updated)"
                 " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -431,7 +470,7 @@ class State:
         if not self._write() or not ids:
             return
         with self._tx():
-            self.db.conn.executemany(
+            self.conn.executemany(
                 "update messages set src_deleted = 1, updated = ? where job = ? and source = ? and src_folder = ?"
                 " and src_validity is ? and src_id = ?",
                 [(now(), ref.job, ref.source, folder_key(ref.path), ref.validity, i) for i in ids],
@@ -442,7 +481,7 @@ class State:
         with self._lock:
             return {
                 src_id: DoneRow(src_id, dst_id, frozenset(json.loads(flags or "[]")), bool(deleted))
-                for src_id, dst_id, flags, deleted in self.db.execute(
+                for src_id, dst_id, flags, deleted in self.conn.execute(
                     "select src_id, dst_id, flags, src_deleted from messages where job = ? and source = ?"
                     " and src_folder = ? and src_validity is ? and status in ('copied', 'matched')",
                     [ref.job, ref.source, folder_key(ref.path), ref.validity],
@@ -454,7 +493,7 @@ class State:
         if not self._write() or not changes:
             return
         with self._tx():
-            self.db.conn.executemany(
+            self.conn.executemany(
                 "update messages set flags = ?, updated = ? where job = ? and source = ? and src_folder = ?"
                 " and src_validity is ? and src_id = ?",
                 [
@@ -468,7 +507,7 @@ class State:
         if not self._write() or not ids:
             return
         with self._tx():
-            self.db.conn.executemany(
+            self.conn.executemany(
                 "delete from messages where job = ? and source = ? and src_folder = ? and src_validity is ?"
                 " and src_id = ?",
                 [(ref.job, ref.source, folder_key(ref.path), ref.validity, i) for i in ids],
@@ -480,7 +519,7 @@ class State:
         if not self._write():
             return
         with self._tx():
-            self.db.execute(
+            self.conn.execute(
                 "insert into errors (run_id, job, folder, src_id, kind, message, at) values (?, ?, ?, ?, ?, ?, ?)",
                 [run_id, job, folder_key(folder) if folder else None, src_id, kind, message, now()],
             )
@@ -490,7 +529,7 @@ class State:
         """Per job: message counts by status, bytes copied, last update."""
         out: dict[str, dict[str, object]] = {}
         with self._lock:
-            for job, status, n, size, updated in self.db.execute(
+            for job, status, n, size, updated in self.conn.execute(
                 "select job, status, count(*), coalesce(sum(size), 0), max(updated)"
                 " from messages group by job, status order by job"
             ):
@@ -499,13 +538,13 @@ class State:
                 if status in DONE:
                     row["bytes"] = int(row["bytes"]) + size  # type: ignore[call-overload]
                 row["updated"] = max(str(row["updated"]), updated or "")
-            for job, n in self.db.execute("select job, count(*) from folders group by job"):
+            for job, n in self.conn.execute("select job, count(*) from folders group by job"):
                 out.setdefault(job, {"job": job, "bytes": 0, "updated": ""})["folders"] = n
         return list(out.values())
 
     def last_runs(self, limit: int = 5) -> list[dict[str, object]]:
         with self._lock:
-            cur = self.db.execute(f"select * from runs order by id desc limit {int(limit)}")
+            cur = self.conn.execute(f"select * from runs order by id desc limit {int(limit)}")
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
@@ -516,7 +555,7 @@ class State:
             if job:
                 sql += " and job = ?"
                 args.append(job)
-            cur = self.db.execute(sql, args)
+            cur = self.conn.execute(sql, args)
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 

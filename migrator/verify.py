@@ -164,7 +164,7 @@ class RowReader:
 
     def rows(self, job: str, source: str, path: FolderPath, validity: int | None) -> dict[str, Row]:
         with self._lock:
-            cur = self.state.db.execute(
+            cur = self.state.conn.execute(
                 "select src_id, status, dst_id, dst_folder, size, message_id, content_hash, reason from messages"
                 " where job = ? and source = ? and src_folder = ? and src_validity is ?",
                 [job, source, folder_key(path), NO_VALIDITY if validity is None else validity],

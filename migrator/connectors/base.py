@@ -72,6 +72,10 @@ class Source(Protocol):
     #   def list_pages(self, folder: FolderInfo, cursor: str | None) -> Iterator[ListingPage]
     #       Changes since ``cursor`` (None or a cursor the store no longer accepts: a
     #       complete listing). Unchanged folder: no page, or one empty page.
+    #   def known_unchanged(self, folder: FolderInfo, cursor: str | None) -> bool   (optional)
+    #       True only when what ``list_folders`` already fetched proves that nothing
+    #       changed since ``cursor`` (no round trip). Used for scheduling only: the
+    #       engine does not open extra connections for folders known unchanged.
     # capabilities.can_delete:
     #   def delete(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> None
     #       Remove these messages from the source (IMAP: \\Deleted + UID EXPUNGE of
