@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from enum import IntEnum
 from types import TracebackType
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from migrator.folders import join
 from migrator.stats import MailboxStats, RunStats
+
+if TYPE_CHECKING:  # rich is imported where it is used: a quiet run (cron) never loads it
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+    from rich.table import Table
 
 
 class ExitCode(IntEnum):
@@ -57,11 +59,18 @@ def _mb(n: int) -> str:
 
 class ProgressView:
     """Live progress bars, one per mailbox. Use as a context manager; pass
-    ``update`` to RunStats as its listener."""
+    ``update`` to RunStats as its listener. Disabled, it does nothing (and needs no
+    console)."""
 
-    def __init__(self, console: Console, jobs: list[str], enabled: bool = True):
+    def __init__(self, console: Console | None, jobs: list[str], enabled: bool = True):
         self.console = console
-        self.enabled = enabled
+        self.enabled = enabled = enabled and console is not None
+        self.progress: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         self.progress = Progress(
             TextColumn("[bold]{task.description}", justify="left"),
             BarColumn(),
@@ -70,21 +79,24 @@ class ProgressView:
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             console=console,
-            disable=not enabled,
             transient=False,
         )
-        self.tasks: dict[str, TaskID] = {
+        self.tasks = {
             j: self.progress.add_task(j, total=None, mb="0.0", status="waiting", start=False) for j in jobs
         }
 
     def __enter__(self) -> ProgressView:
-        self.progress.__enter__()
+        if self.progress is not None:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.progress.__exit__(et, ev, tb)
+        if self.progress is not None:
+            self.progress.__exit__(et, ev, tb)
 
     def update(self, mb: MailboxStats) -> None:
+        if self.progress is None:
+            return
         task = self.tasks[mb.job]
         if mb.status == "running":
             self.progress.start_task(task)
@@ -101,6 +113,8 @@ class ProgressView:
 
 
 def summary_table(stats: RunStats, dry_run: bool = False) -> Table:
+    from rich.table import Table
+
     title = "Dry run: nothing was written" if dry_run else "Summary"
     table = Table(title=title, title_justify="left")
     for col in (

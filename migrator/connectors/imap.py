@@ -865,6 +865,17 @@ class ImapStore:
             out.extend(page.messages)
         return out
 
+    def known_unchanged(self, folder: FolderInfo, cursor: str | None) -> bool:
+        """True when the STATUS data of the last ``list_folders`` (LIST-STATUS) shows the
+        cursor's UIDVALIDITY, HIGHESTMODSEQ, UIDNEXT and count; no round trip."""
+        old = Cursor.parse(cursor)
+        if old is None or old.modseq <= 0 or "CONDSTORE" not in self._caps:
+            return False
+        if folder.validity is not None and folder.validity != old.validity:
+            return False
+        cached = self._status_cache.get(self.namespace.encode(folder.path))
+        return cached is not None and cached.unchanged_since(old)
+
     def list_pages(self, folder: FolderInfo, cursor: str | None) -> Iterator[ListingPage]:
         """Changes since ``cursor`` (see ``Cursor``); read-only.
 
