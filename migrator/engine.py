@@ -460,9 +460,12 @@ class MailboxRun:
         rows_read = not mirror or validity_changed
         extra = frozenset({SEEN}) if (not src.capabilities.flags and opts.pop3_seen) else frozenset()
         for page in self._pages(src, src_folder, cursor):
-            if page.messages and not ids_read:
-                fs, ids_read = state.folder_state(ref), True
-                done, pending = fs.done, fs.pending
+            if page.messages and not ids_read:  # (nothing pending or failed: see folder_state)
+                if page.complete:
+                    fs, ids_read = state.folder_state(ref), True
+                    done, pending = fs.done, fs.pending
+                else:  # an incremental page: look up just its ids
+                    done = state.done_among(ref, [x.id for x in page.messages])
             complete = complete or page.complete
             if not rows_read and (page.messages or page.vanished or complete):
                 done_rows, rows_read = state.done_rows(ref), True
@@ -477,9 +480,10 @@ class MailboxRun:
             todo = m.to_copy
             matched: list[tuple[MessageMeta, str]] = []
             # look at the destination first: on a folder's first visit, after unconfirmed
-            # sends, and when most ids are new although the folder was copied before (a
-            # source that renumbered its messages: POP3 UIDLs, a restored mailbox)
-            renumbered = bool(done) and len(todo) > max(10, len(page.messages) // 2)
+            # sends, and when most ids of a complete listing are new although the folder
+            # was copied before (a source that renumbered its messages: POP3 UIDLs, a
+            # restored mailbox; an incremental page holds only what is new or changed)
+            renumbered = page.complete and bool(done) and len(todo) > max(10, len(page.messages) // 2)
             if todo and (not reconciled or m.pending or renumbered):
                 matched, todo = self._match_destination(src, dst, todo, (src_folder, dst_folder), ref)
             seen_done += len(m.done)

@@ -316,6 +316,25 @@ class State:
                 shown, bool(reconciled), frozenset(done), frozenset(pending), True, cursor, frozenset(failed), len(done)
             )
 
+    def done_among(self, ref: FolderRef, ids: Sequence[str]) -> frozenset[str]:
+        """Which of ``ids`` are copied or matched (an incremental page: a few ids of a
+        folder that may hold 100,000)."""
+        out: set[str] = set()
+        where = [ref.job, ref.source, folder_key(ref.path), ref.validity]
+        with self._lock:
+            for start in range(0, len(ids), 500):
+                chunk = list(ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                out.update(
+                    row[0]
+                    for row in self.conn.execute(
+                        "select src_id from messages where job = ? and source = ? and src_folder = ?"
+                        f" and src_validity is ? and status in ('copied', 'matched') and src_id in ({marks})",
+                        [*where, *chunk],
+                    )
+                )
+        return frozenset(out)
+
     def cursors(self, job: str, source: str) -> dict[str, str | None]:
         """The stored listing cursor of every folder of ``source`` in ``job``, by
         ``folder_key`` (one query; for scheduling)."""

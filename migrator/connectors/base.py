@@ -91,7 +91,9 @@ class Destination(Source, Protocol):
 
     def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> FolderInfo:
         """Create ``path`` (and its parents) unless it exists; return it. Idempotent:
-        an existing folder is success. ``special_use`` is a hint the store may record."""
+        an existing folder is success. ``special_use`` is a hint the store may record.
+        (A destination's FolderInfo may carry no validity: nothing reads it, and IMAP
+        does not ask STATUS for it.)"""
         ...
 
     def append(self, folder: FolderInfo, items: Sequence[tuple[MessageMeta, bytes]]) -> list[str | None]:

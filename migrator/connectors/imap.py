@@ -652,9 +652,13 @@ class ImapStore:
     def list_folders(self) -> list[FolderInfo]:
         """Every folder of the personal namespace, with special-use and UIDVALIDITY
         (none for \\Noselect containers). Read-only. The STATUS numbers that come
-        with it are kept for ``list_pages`` (an unchanged folder then costs nothing)."""
+        with it are kept for ``list_pages`` (an unchanged folder then costs nothing).
+
+        As a destination, without STATUS (validity None): nothing reads a destination
+        folder's numbers from the listing, and STATUS of every folder is most of the
+        server's work in a no-change run (Dovecot: 20 ms for 20 folders)."""
         with self._guard("LIST"):
-            folders = self._list("*", full_status=True)
+            folders = self._list("*", full_status=True, status=self.role != "destination")
         self._listed = {f.path: f for f in folders if f.selectable}
         return folders
 
@@ -666,8 +670,10 @@ class ImapStore:
                 items.append("HIGHESTMODSEQ")
         return "(" + " ".join(items) + ")"
 
-    def _list(self, pattern: str, exact: str | None = None, full_status: bool = False) -> list[FolderInfo]:
-        list_status = "LIST-STATUS" in self._caps and "LIST-EXTENDED" in self._caps
+    def _list(
+        self, pattern: str, exact: str | None = None, full_status: bool = False, status: bool = True
+    ) -> list[FolderInfo]:
+        list_status = status and "LIST-STATUS" in self._caps and "LIST-EXTENDED" in self._caps
         returns = []
         if "SPECIAL-USE" in self._caps and "LIST-EXTENDED" in self._caps:
             returns.append("SPECIAL-USE")
@@ -681,6 +687,7 @@ class ImapStore:
             raise FolderError(f"{self._where}: LIST failed: {_text(data)}")
         raw_list = [i for i in self._imap.untagged_responses.get("LIST", []) if i not in (b"", None)]
         statuses = self._status_responses(self._imap.untagged_responses.get("STATUS", []))
+        want_status = status
         out = []
         names: list[str] = []  # the server's (decoded) name of each entry of ``out``
         pending: list[str] = []  # selectable names still without STATUS
@@ -695,7 +702,7 @@ class ImapStore:
             selectable = not (attrs & _NOSELECT)
             special = next((_SPECIAL_BY_UPPER[a] for a in attrs if a in _SPECIAL_BY_UPPER), None)
             status = statuses.get(name) if selectable else None
-            if selectable and status is None and not list_status:
+            if selectable and status is None and not list_status and want_status:
                 pending.append(name)
             out.append(FolderInfo(path=path, special_use=special, validity=None, selectable=selectable))
             names.append(name)
@@ -757,7 +764,7 @@ class ImapStore:
         """The folder at ``path`` or None. Read-only."""
         name = self.namespace.encode(path)
         with self._guard("LIST"):
-            found = self._list(name, exact=name)
+            found = self._list(name, exact=name, status=self.role != "destination")
         return found[0] if found else None
 
     def ensure_folder(self, path: FolderPath, special_use: str | None = None) -> FolderInfo:
