@@ -68,6 +68,10 @@ class Migrator(Tool):
 
     def prepare(self, pairs: Sequence[Pair]) -> None:
         super().prepare(pairs)
+        # byte-compile as an installed package is: a checkout run with
+        # PYTHONDONTWRITEBYTECODE would otherwise compile every module on every run
+        compile_all = [sys.executable, "-m", "compileall", "-q", str(self.repo / "migrator")]
+        subprocess.run(compile_all, check=False, timeout=120, capture_output=True)
         if len(pairs) > 1:
             rows = "".join(
                 f"  - id: m{i:03d}\n    source: {{user: {src}}}\n    destination: {{user: {dst}}}\n"
