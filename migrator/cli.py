@@ -108,10 +108,16 @@ def _setup_logging(verbose: bool, log_json: Path | None = None) -> None:
         add_json_log(log_json)
 
 
-def _plan_or_exit(path: Path) -> Plan:
-    from migrator.plan import load_plan
-
+def _plan_or_exit(path: Path, cached: bool = True) -> Plan:
+    """The plan (from the plan cache when nothing it was made from changed: see
+    plancache.py), or its problems on stderr and exit 2."""
     try:
+        if cached:
+            from migrator.plancache import load
+
+            return load(path)
+        from migrator.plan import load_plan
+
         return load_plan(path)
     except PlanError as exc:
         for line in exc.problems:
@@ -288,7 +294,7 @@ def validate(plan: Annotated[Path, typer.Argument(help="The plan file (YAML).")]
     """
     from migrator.plan import check_secrets
 
-    p = _plan_or_exit(plan)
+    p = _plan_or_exit(plan, cached=False)  # validate always reads and checks everything
     problems = check_secrets(p)
     for line in problems:
         _err(line)

@@ -53,6 +53,10 @@ class Capabilities:
     # The size a destination lists is the size it was given (False for a store that
     # rebuilds MIME, like Exchange: there Message-ID alone identifies a message)
     exact_sizes: bool = True
+    # Destination.stored_sizes(folder, ids) exists: the sizes the store holds for ids its
+    # append returned, to name a message the store altered when it stored it (see
+    # connectors/base.py; only asked where exact_sizes is True)
+    reports_stored_sizes: bool = False
     # Characters a single folder-name part cannot contain at this store (its
     # hierarchy separator, "/" in Maildir++ names, ...). folders.py renames such
     # parts and reports the rename.
@@ -290,6 +294,7 @@ class Plan:
     jobs: tuple[MailboxJob, ...]
     state_path: Path  # state/<name>.db unless the plan or CLI says otherwise
     source_file: Path | None = None
+    inputs: tuple[Path, ...] = ()  # the other files the plan was read from (its mailbox CSV)
 
 
 def match_key(message_id: str | None, size: int, content_hash: str | None) -> MatchKey | None:

@@ -1121,8 +1121,10 @@ def _build(
         if mailbox is not None:
             own = _options(defaults, mailbox.options) if mailbox.options is not None else plan_defaults
             _inline_job(builder, top, index, mailbox, own)
+    inputs: list[Path] = []
     if top.mailboxes_csv is not None:
         csv_display = str(Path(ctx.display).parent / top.mailboxes_csv)
+        inputs.append(Path(ctx.absolute(top.mailboxes_csv)))
         if top.source is None or top.destination is None:
             problems.at(("mailboxes_csv",), "a mailbox CSV needs plan-wide `source:` and `destination:`")
         else:
@@ -1135,7 +1137,13 @@ def _build(
         state_path = Path(ctx.absolute(top.state))
     else:
         state_path = Path(os.path.abspath(os.path.join("state", f"{name}.db")))
-    return Plan(name=name, jobs=tuple(builder.jobs), state_path=state_path, source_file=Path(ctx.display))
+    return Plan(
+        name=name,
+        jobs=tuple(builder.jobs),
+        state_path=state_path,
+        source_file=Path(ctx.display),
+        inputs=tuple(inputs),
+    )
 
 
 _SEMANTIC_KEYS = frozenset(
