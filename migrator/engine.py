@@ -42,7 +42,7 @@ from migrator.march import altered_candidates, hash_candidates, march, match_alt
 from migrator.model import SEEN, Account, FolderInfo, FolderPath, MailboxJob, MessageMeta
 from migrator.ratelimit import AdaptiveLimit, Budgets, ByteBudget, Limits
 from migrator.state import DoneRow, FolderRef, State, folder_key
-from migrator.stats import FolderStats, RunStats
+from migrator.stats import AlteredMessage, FolderStats, RunStats
 from migrator.transfer import DryRunDestination, FolderCopy, content_hash, preview_adaptations
 
 log = logging.getLogger("migrator")
@@ -518,6 +518,7 @@ class MailboxRun:
                     cancel=self.cancel,
                     extra_flags=extra,
                     on_changed=lambda meta, note: self._changed(fstats, src_folder, meta, note),
+                    on_altered=lambda entry: self._altered(fstats, entry),
                     limits=self.shared.limits,
                     memory=self.shared.memory,
                     on_batch=link_success(link),
@@ -696,6 +697,11 @@ class MailboxRun:
         self.stats.add(self.job.id, fstats, failed=1)
         self.stats.failed_message(self.job.id, folder.path, meta.id, reason)
         self.state.add_error(self.run_id, self.job.id, folder.path, meta.id, "message", reason)
+
+    def _altered(self, fstats: FolderStats, entry: AlteredMessage) -> None:
+        """The destination stored a copied message differently: kept, and named in reports."""
+        self.stats.altered_message(self.job.id, fstats, entry)
+        log.warning("%s: %s: message %s: %s", self.job.id, join(entry.folder), entry.id, entry.reason)
 
     def _changed(self, fstats: FolderStats, folder: FolderInfo, meta: MessageMeta, note: str) -> None:
         """The destination changes this message to accept it: a folder note in the report."""

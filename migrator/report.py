@@ -167,7 +167,7 @@ def summary_table(stats: RunStats, dry_run: bool = False) -> Table:
 
 
 def details(stats: RunStats, console: Console, dry_run: bool = False) -> None:
-    """Folder renames, exclusions, skipped and failed messages, each with its reason."""
+    """Folder renames, exclusions, skipped, failed and altered messages, each with its reason."""
     for mb in sorted(stats.mailboxes.values(), key=lambda m: m.job):
         lines: list[str] = []
         if mb.status == "failed" and mb.error:
@@ -185,6 +185,11 @@ def details(stats: RunStats, console: Console, dry_run: bool = False) -> None:
             lines.append(f"[red]failed[/] {join(path)} #{msg_id}: {reason}")
         if len(mb.failed_messages) > 50:
             lines.append(f"... and {len(mb.failed_messages) - 50} more failed (`migrator status`, --report)")
+        for a in mb.altered_messages[:50]:
+            kept = f" (kept as #{a.dst_id})" if a.dst_id else ""
+            lines.append(f"[yellow]altered[/] {join(a.folder)} #{a.id}: {a.reason}{kept}")
+        if len(mb.altered_messages) > 50:
+            lines.append(f"... and {len(mb.altered_messages) - 50} more altered (every one with its sizes: --report)")
         if lines:
             console.print(f"[bold]{mb.job}[/]")
             for line in lines:
@@ -192,16 +197,18 @@ def details(stats: RunStats, console: Console, dry_run: bool = False) -> None:
 
 
 def one_line(stats: RunStats, code: ExitCode, dry_run: bool = False) -> str:
-    """A single line for cron mail and logs."""
+    """A single line for cron mail and logs. Messages the destination altered when it
+    stored them are named whenever there are some (they do not change the exit code)."""
     t = stats.totals()
     mbs = stats.mailboxes.values()
     failed_mb = sum(1 for m in mbs if m.status == "failed")
     secs = (stats.finished or stats.started) - stats.started
     verb = "would copy" if dry_run else "copied"
     n = t["to_copy"] if dry_run else t["copied"]
+    altered = f", {t['altered']:,} altered by the destination (kept)" if t.get("altered") else ""
     return (
         f"migrator: exit {int(code)}: {len(stats.mailboxes)} mailbox(es), {failed_mb} failed; "
         f"{verb} {n:,} message(s) ({_mb(t['bytes_to_copy'] if dry_run else t['bytes'])} MB), "
-        f"{t['done'] + t['matched']:,} already there, {t['skipped']:,} skipped, {t['failed']:,} failed "
-        f"in {secs:,.1f} s"
+        f"{t['done'] + t['matched']:,} already there, {t['skipped']:,} skipped, {t['failed']:,} failed"
+        f"{altered} in {secs:,.1f} s"
     )

@@ -28,8 +28,10 @@ from migrator import __version__
 from migrator.errors import PlanError
 from migrator.folders import join
 from migrator.model import MailboxJob
-from migrator.predict import SEVERITY_ORDER, Prediction, Problem, duration_text, problems
+from migrator.predict import SEVERITY_ORDER, Prediction, Problem, duration_text, problem_sort_key, problems
 from migrator.stats import COUNTERS, MailboxStats, RunStats
+
+ALTERED_EXAMPLES = 5  # altered messages named in the text of a folder's problem (all are in altered_messages)
 
 SCHEMA_VERSION = 1
 FORMATS = (".json", ".csv", ".html", ".htm")
@@ -116,6 +118,7 @@ def _mailbox(
         "bytes_copied": copied_bytes,
         "skipped": mb.total("skipped"),
         "failed": mb.total("failed"),
+        "altered": mb.total("altered"),
         "no_message_id": mb.total("no_message_id"),
         "duplicate_message_ids": mb.total("duplicate_message_ids"),
         "msgs_per_second": None if dry_run else _rate(copied, secs),
@@ -139,6 +142,7 @@ def _mailbox(
                 "already_there": f.done + f.matched,
                 "skipped": f.skipped,
                 "failed": f.failed,
+                "altered": f.altered,
                 "flags_changed": f.flags_changed,
                 "deleted": f.deleted,
                 "source_deleted": f.source_deleted,
@@ -151,8 +155,42 @@ def _mailbox(
         "excluded": [{"folder": join(p), "reason": r} for p, r in mb.excluded],
         "skipped_messages": [{"folder": join(p), "id": i, "reason": r} for p, i, r in mb.skipped_messages],
         "failed_messages": [{"folder": join(p), "id": i, "reason": r} for p, i, r in mb.failed_messages],
+        "altered_messages": [
+            {
+                "folder": join(a.folder),
+                "id": a.id,
+                "destination_id": a.dst_id,
+                "sent_bytes": a.sent,
+                "stored_bytes": a.stored,
+                "reason": a.reason,
+            }
+            for a in mb.altered_messages
+        ],
         "problems": probs,
     }
+
+
+def altered_problems(mb: MailboxStats) -> list[Problem]:
+    """One warning per folder naming the messages the destination stored differently
+    from what it was sent (kept there, counted as copied; a re-run changes nothing)."""
+    by_folder: dict[str, list[str]] = {}
+    for a in mb.altered_messages:
+        by_folder.setdefault(join(a.folder), []).append(f"#{a.id} stored {a.stored:,} of {a.sent:,} bytes")
+    out = []
+    for folder, named in sorted(by_folder.items()):
+        more = f" and {len(named) - ALTERED_EXAMPLES:,} more" if len(named) > ALTERED_EXAMPLES else ""
+        out.append(
+            Problem(
+                mb.job,
+                "warning",
+                "altered-message",
+                f"{len(named):,} message(s) altered by the destination when it stored them (the stored copy is kept; "
+                f"every one in altered_messages): {', '.join(named[:ALTERED_EXAMPLES])}{more}",
+                folder,
+                len(named),
+            )
+        )
+    return out
 
 
 def report_data(
@@ -165,6 +203,9 @@ def report_data(
 ) -> Data:
     """The report of a run or dry run (schema: docs/report-schema.md)."""
     probs = prediction.problems if prediction else problems(stats, jobs, None, dry_run=dry_run)
+    altered = [p for j in jobs for p in altered_problems(stats.mailboxes[j.id])]
+    if altered:
+        probs = sorted([*probs, *altered], key=problem_sort_key)
     by_mb: dict[str, list[dict[str, object]]] = {}
     for p in probs:
         by_mb.setdefault(p.mailbox, []).append(problem_dict(p))
@@ -223,6 +264,7 @@ RUN_COLUMNS = (
     "bytes_copied",
     "skipped",
     "failed",
+    "altered",
     "no_message_id",
     "duplicate_message_ids",
     "mailbox_estimated_seconds",
@@ -282,6 +324,7 @@ def _folder_row(data: Data, mb: Data, f: Data | None) -> dict[str, object]:
         bytes_copied=f["bytes"],
         skipped=f["skipped"],
         failed=f["failed"],
+        altered=f.get("altered", 0),
         no_message_id=f["no_message_id"],
         duplicate_message_ids=f["duplicate_message_ids"],
     )

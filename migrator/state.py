@@ -24,6 +24,8 @@ Schema (version 1)::
              message_id, content_hash, flags, status, reason, src_deleted, run_id, updated)
              PK (job, source, src_folder, src_validity, src_id)
              status: pending | copied | matched | skipped | failed
+             reason: why skipped / failed; on a copied row, how the destination
+             altered the message ("altered by the destination: stored N of M bytes")
 
 ``job`` is the mailbox id, ``source`` the source store's label (``Account.describe()``,
 no secrets): one job may merge several sources into one destination. ``flags`` (JSON
@@ -40,7 +42,7 @@ import os
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -473,10 +475,14 @@ class State:
         msgs: Sequence[tuple[MessageMeta, str | None, str | None]],
         run_id: int,
         status: str = "copied",
+        reasons: Mapping[str, str] | None = None,
     ) -> None:
         """After the destination confirmed: ``msgs`` = (meta, destination id, content hash).
-        ``status`` "matched": found already at the destination, not sent."""
-        self._upsert(ref, ((m, d, sha, status, None) for m, d, sha in msgs), run_id)
+        ``status`` "matched": found already at the destination, not sent. ``reasons``:
+        source id -> a note kept in ``reason`` of a confirmed row (a message the
+        destination altered when it stored it: "altered by the destination: ...")."""
+        notes = reasons or {}
+        self._upsert(ref, ((m, d, sha, status, notes.get(m.id)) for m, d, sha in msgs), run_id)
 
     def mark_skipped(
         self, ref: FolderRef, msgs: Sequence[tuple[MessageMeta, str]], run_id: int, status: str = "skipped"

@@ -26,8 +26,30 @@ COUNTERS = (
     "listed_bytes",
     "no_message_id",
     "duplicate_message_ids",
+    "altered",
 )
 DUPLICATE_EXAMPLES = 5  # Message-IDs kept per folder to show in reports
+
+
+@dataclass(frozen=True, slots=True)
+class AlteredMessage:
+    """A message the destination stored differently from what it was sent (Destination.
+    stored_sizes): the copy is kept, counted as copied, and named in reports."""
+
+    folder: FolderPath  # the source folder
+    id: str  # source id
+    dst_id: str | None  # the destination's id of the stored copy
+    sent: int  # RFC 822 size of the bytes sent (CRLF line ends)
+    stored: int  # the size the destination holds
+
+    @property
+    def reason(self) -> str:
+        return altered_reason(self.sent, self.stored)
+
+
+def altered_reason(sent: int, stored: int) -> str:
+    """The reason reports and the state DB give for an altered message."""
+    return f"altered by the destination: stored {stored:,} of {sent:,} bytes"
 
 
 @dataclass(slots=True)
@@ -53,6 +75,7 @@ class FolderStats:
     no_message_id: int = 0  # listed messages without a Message-ID
     duplicate_message_ids: int = 0  # listed messages sharing their Message-ID with another one of this folder
     duplicate_examples: tuple[tuple[str, int], ...] = ()  # (Message-ID, how many) for a few of them
+    altered: int = 0  # copied, but the destination stored them differently (MailboxStats.altered_messages)
 
 
 @dataclass(slots=True)
@@ -67,6 +90,7 @@ class MailboxStats:
     excluded: list[tuple[FolderPath, str]] = field(default_factory=list)
     skipped_messages: list[tuple[FolderPath, str, str]] = field(default_factory=list)  # folder, id, reason
     failed_messages: list[tuple[FolderPath, str, str]] = field(default_factory=list)
+    altered_messages: list[AlteredMessage] = field(default_factory=list)  # copied, but stored differently
     # source listings of the running mailbox: (store, folder) -> {id: (Message-ID, size)};
     # keyed by id so a retry's second listing counts nothing twice; dropped at finish
     listings: dict[tuple[str, FolderPath], dict[str, tuple[str | None, int]]] = field(default_factory=dict, repr=False)
@@ -182,6 +206,14 @@ class RunStats:
     def failed_message(self, job: str, folder: FolderPath, msg_id: str, reason: str) -> None:
         with self._lock:
             self.mailboxes[job].failed_messages.append((folder, msg_id, reason))
+
+    def altered_message(self, job: str, fs: FolderStats, entry: AlteredMessage) -> None:
+        """A copied message the destination stored differently (counted in ``fs.altered``)."""
+        with self._lock:
+            fs.altered += 1
+            mb = self.mailboxes[job]
+            mb.altered_messages.append(entry)
+        self._changed(mb)
 
     def totals(self) -> dict[str, int]:
         with self._lock:

@@ -8,6 +8,7 @@ that interface is this wrapper, which reads but never writes.
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import re
 import threading
@@ -15,11 +16,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from migrator.connectors.base import Destination, Source
-from migrator.errors import MessageError
+from migrator.errors import MessageError, MigratorError, TransientError
 from migrator.march import batches
-from migrator.model import Capabilities, FolderInfo, FolderPath, MessageMeta
+from migrator.model import Capabilities, FolderInfo, FolderPath, MessageMeta, crlf_size
 from migrator.ratelimit import ByteBudget, Limits
 from migrator.state import FolderRef, State
+from migrator.stats import AlteredMessage
+
+log = logging.getLogger("migrator.transfer")
 
 _LINE_END = re.compile(rb"\r*\n|\r")
 
@@ -73,6 +77,22 @@ class DryRunDestination:
 
     def close(self) -> None:
         self.inner.close()
+
+
+def altered_messages(
+    folder: FolderPath, items: Sequence[tuple[MessageMeta, bytes]], ids: Sequence[str | None], stored: dict[str, int]
+) -> list[AlteredMessage]:
+    """The appended ``items`` (destination ids ``ids``) whose ``stored`` size differs from
+    what was sent. Sent bytes with bare LF line ends match either their own length or
+    their RFC 822 size (CRLF), as a store may keep them either way; an id without a
+    stored size is not judged."""
+    out = []
+    for (meta, raw), dst_id in zip(items, ids, strict=True):
+        got = stored.get(dst_id) if dst_id is not None else None
+        sent = crlf_size(raw)
+        if got is not None and got != sent and got != len(raw):
+            out.append(AlteredMessage(folder, meta.id, dst_id, sent, got))
+    return out
 
 
 def adapt_items(
@@ -133,6 +153,9 @@ class FolderCopy:
     # a message the destination had to change to accept it (capabilities.adapts_messages:
     # e.g. long lines re-encoded for Exchange Online), with what changed
     on_changed: Callable[[MessageMeta, str], None] | None = None
+    # a copied message the destination stored differently from what it was sent
+    # (capabilities.reports_stored_sizes and exact_sizes): kept, checkpointed with the reason
+    on_altered: Callable[[AlteredMessage], None] | None = None
     limits: Limits | None = None  # --bwlimit / --max-messages-per-second
     memory: ByteBudget | None = None  # cap on message bytes in memory across all workers
     on_batch: Callable[[], None] | None = None  # a batch was confirmed (grows the connection budget)
@@ -235,10 +258,31 @@ class FolderCopy:
             for item in items:  # find the culprit: one by one
                 self._append([item])
             return
-        self.state.mark_copied(
-            self.ref, [(m, d, hashes.get(m.id)) for (m, _), d in zip(items, ids, strict=True)], self.run_id
-        )
+        rows = [(m, d, hashes.get(m.id)) for (m, _), d in zip(items, ids, strict=True)]
+        try:
+            altered = self._altered(items, ids)
+        except MigratorError as exc:  # the append is confirmed: checkpoint it whatever happens here
+            self.state.mark_copied(self.ref, rows, self.run_id)
+            self.on_copied(len(items), sum(len(raw) for _, raw in items))
+            if isinstance(exc, TransientError):
+                raise
+            log.warning("%s: %s: stored sizes not checked: %s", self.ref.job, "/".join(self.ref.path), exc)
+            return
+        self.state.mark_copied(self.ref, rows, self.run_id, reasons={a.id: a.reason for a in altered})
         self.on_copied(len(items), sum(len(raw) for _, raw in items))
+        for entry in altered:
+            if self.on_altered is not None:
+                self.on_altered(entry)
+
+    def _altered(self, items: list[tuple[MessageMeta, bytes]], ids: Sequence[str | None]) -> list[AlteredMessage]:
+        """The appended messages the destination stored at another size (one request per
+        batch); none where the destination's sizes are not exact (Exchange rewrites MIME)."""
+        caps = self.dst.capabilities
+        known = [d for d in ids if d is not None]
+        if not (caps.reports_stored_sizes and caps.exact_sizes and known):
+            return []
+        stored = self.dst.stored_sizes(self.dst_folder, known)  # type: ignore[attr-defined]
+        return altered_messages(self.src_folder.path, items, ids, stored)
 
     def _failed(self, meta: MessageMeta, reason: str) -> None:
         self.state.mark_skipped(self.ref, [(meta, reason)], self.run_id, status="failed")

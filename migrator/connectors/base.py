@@ -119,6 +119,13 @@ class Destination(Source, Protocol):
     #       changing) and a note saying what changed (None: unchanged). Pure, no I/O,
     #       idempotent; dry runs call it too. append() applies it again itself, so
     #       calling it first is for reporting (Exchange Online: long lines re-encoded).
+    # capabilities.reports_stored_sizes (asked only where capabilities.exact_sizes):
+    #   def stored_sizes(self, folder: FolderInfo, ids: Sequence[str]) -> dict[str, int]
+    #       The RFC 822 size the store holds for each of ``ids`` (destination ids an
+    #       append just returned), for one batch in one cheap request (IMAP: one UID
+    #       FETCH RFC822.SIZE). Ids it cannot see are left out. Read-only. A size other
+    #       than the one sent means the store altered the message when it stored it
+    #       (Dovecot stores CR CR LF as CR LF): the copy is kept and reported.
 
 
 Role = Literal["source", "destination"]

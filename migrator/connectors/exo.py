@@ -152,6 +152,7 @@ class ExoStore:
             # Exchange rebuilds MIME: the size it lists is not the size it was given, so
             # matching at the destination goes by Message-ID alone (still as a multiset)
             exact_sizes=False,
+            reports_stored_sizes=False,  # no stored_sizes(): with sizes not exact there is nothing to compare
         )
 
     def __repr__(self) -> str:

@@ -14,9 +14,10 @@ capabilities, namespace, LIST, SELECT/EXAMINE, STATUS and CREATE; ``imap_wire`` 
 the commands whose cost grows with the number of messages and reads their answers
 without a generic parser: one UID FETCH per listing page or fetch batch, one
 MULTIAPPEND per append batch (LITERAL+ when offered; pipelined APPENDs without
-MULTIAPPEND), pipelined UID STORE / UID EXPUNGE. An unchanged folder costs no command
-of its own when the server has CONDSTORE and LIST-STATUS (the STATUS data of
-``list_folders`` decides), one STATUS otherwise.
+MULTIAPPEND) and one UID FETCH RFC822.SIZE of the UIDs it stored (``stored_sizes``:
+the caller names a message the server altered), pipelined UID STORE / UID EXPUNGE. An
+unchanged folder costs no command of its own when the server has CONDSTORE and
+LIST-STATUS (the STATUS data of ``list_folders`` decides), one STATUS otherwise.
 
 ``Account.options["imap_disable"]``: capabilities to ignore (a list or a space-separated
 string, e.g. "MULTIAPPEND LITERAL+"), for servers that advertise more than they do
@@ -92,6 +93,7 @@ Role = Literal["source", "destination"]
 TLS_FIX = "set ca_file: <path to the CA> on the endpoint, or verify_tls: false / ?verify=off to skip verification"
 LIST_ITEMS = b"(UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
 FETCH_ITEMS = b"(UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])"
+SIZE_ITEMS = b" (UID RFC822.SIZE)"  # stored sizes of appended messages (Destination.stored_sizes)
 PAGE_SIZE = 10_000  # messages per page of a complete listing (memory stays flat on huge folders)
 UID_SET_CHARS = 4000  # longest uid set in one command (servers limit command lines)
 PIPELINE_DEPTH = 64  # small commands sent before their answers are read
@@ -526,6 +528,7 @@ class ImapStore:
             can_delete=uidplus,
             can_set_flags=True,
             can_delete_at_destination=uidplus,
+            reports_stored_sizes=uidplus,
         )
 
     def __repr__(self) -> str:
@@ -1133,6 +1136,25 @@ class ImapStore:
         if "UIDPLUS" not in self._caps:
             return [None] * (len(texts) * per_text)
         return [uid for text in texts for uid in parse_appenduid(text, per_text)]
+
+    def stored_sizes(self, folder: FolderInfo, ids: Sequence[str]) -> dict[str, int]:
+        """RFC822.SIZE of these UIDs of ``folder`` as the server stores them: one UID
+        FETCH per uid set (one for a usual batch: APPENDUID gives consecutive UIDs),
+        pipelined, on the EXAMINEd folder. UIDs the server does not show are left out.
+        Read-only. TransientError when the connection is lost, FolderError when refused."""
+        if not ids:
+            return {}
+        commands = [("UID FETCH", part.encode("ascii") + SIZE_ITEMS) for part in uid_sets([int(i) for i in ids])]
+        sink = FetchResult(items=[], completion=Completion("OK", b""))
+        with self._guard("UID FETCH"):
+            self._ensure_open(folder)
+            wire = self._live_wire
+            for start in range(0, len(commands), PIPELINE_DEPTH):
+                chunk = commands[start : start + PIPELINE_DEPTH]
+                for done in wire.pipeline(chunk, sink):
+                    self._check("UID FETCH", done)
+        wanted = set(ids)
+        return {str(item.uid): item.size for item in sink.items if item.size is not None and str(item.uid) in wanted}
 
     def _append_failed(self, done: Completion) -> None:
         """Raise the error of a refused APPEND (nothing when OK)."""
