@@ -350,27 +350,35 @@ def table(rows: Sequence[Row]) -> str:
 
 
 def targets(rows: Sequence[Row]) -> list[str]:
-    """The issue's targets for migrator, each with its verdict."""
+    """The issue's targets for migrator, each with its verdict: first copy >= 1.5x
+    mbsync (>= 1.0x against Courier's capabilities); the re-run times for the
+    10,000-message mailbox (for the other corpora they are printed for information);
+    peak RSS everywhere."""
     out = []
     by = {(r.corpus, r.tool, r.run): r for r in rows}
     for corpus in dict.fromkeys(r.corpus for r in rows):
         mig = {r.run: r for r in rows if r.corpus == corpus and r.tool == "migrator"}
         if not mig:
             continue
+        courier = "Courier" in corpus
+        single = "1 mailbox" in corpus
+        want = 1.0 if courier else TARGETS["first_ratio"]
         first, ref = mig.get("first copy"), by.get((corpus, "mbsync", "first copy"))
         if first and ref:
             ratio = ref.wall / first.wall
-            ok = ratio >= TARGETS["first_ratio"] and first.fidelity == "exact"
-            verdict = "MET" if ok else "not met"
-            out.append(f"{corpus}: first copy {ratio:.2f}x mbsync (>= 1.5x), fidelity {first.fidelity}: {verdict}")
+            ok = ratio >= want and first.fidelity == "exact"
+            verdict = f"fidelity {first.fidelity}: {'MET' if ok else 'not met'}"
+            out.append(f"{corpus}: first copy {ratio:.2f}x mbsync (>= {want:.1f}x), {verdict}")
         unchanged = mig.get("no change")
         if unchanged:
             ok = unchanged.wall <= TARGETS["unchanged_s"]
-            out.append(f"{corpus}: no-change re-run {unchanged.wall:.2f} s (<= 0.3 s): {'MET' if ok else 'not met'}")
+            verdict = ("MET" if ok else "not met") if single else "no target"
+            out.append(f"{corpus}: no-change re-run {unchanged.wall:.2f} s (<= 0.3 s): {verdict}")
         added = next((r for run, r in mig.items() if run.startswith("+")), None)
         if added:
             ok = added.wall <= TARGETS["added_s"] and added.fidelity == "exact"
-            out.append(f"{corpus}: {added.run} re-run {added.wall:.2f} s (<= 0.5 s): {'MET' if ok else 'not met'}")
+            verdict = ("MET" if ok else "not met") if single else f"no target, fidelity {added.fidelity}"
+            out.append(f"{corpus}: {added.run} re-run {added.wall:.2f} s (<= 0.5 s): {verdict}")
         peak = max(r.peak_rss for r in mig.values()) / 1e6
         out.append(f"{corpus}: peak RSS {peak:.0f} MB (<= 200 MB): {'MET' if peak <= TARGETS['rss_mb'] else 'not met'}")
     return out
