@@ -76,6 +76,9 @@ class Source(Protocol):
     #       True only when what ``list_folders`` already fetched proves that nothing
     #       changed since ``cursor`` (no round trip). Used for scheduling only: the
     #       engine does not open extra connections for folders known unchanged.
+    #   def new_at_most(self, folder: FolderInfo, cursor: str | None) -> int | None   (optional)
+    #       An upper bound of the messages added since ``cursor``, from the same data;
+    #       None when it cannot tell. Also for scheduling only.
     # capabilities.can_delete:
     #   def delete(self, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> None
     #       Remove these messages from the source (IMAP: \\Deleted + UID EXPUNGE of

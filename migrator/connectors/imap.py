@@ -886,6 +886,16 @@ class ImapStore:
         cached = self._status_cache.get(self.namespace.encode(folder.path))
         return cached is not None and cached.unchanged_since(old)
 
+    def new_at_most(self, folder: FolderInfo, cursor: str | None) -> int | None:
+        """At most how many messages arrived since ``cursor`` (UIDs are given in
+        ascending order: UIDNEXT then minus UIDNEXT now), from the last ``list_folders``;
+        None when that cannot tell (no cursor, another UIDVALIDITY, no STATUS data)."""
+        old = Cursor.parse(cursor)
+        cached = self._status_cache.get(self.namespace.encode(folder.path))
+        if old is None or cached is None or cached.uidnext is None or cached.validity != old.validity:
+            return None
+        return max(cached.uidnext - old.uidnext, 0)
+
     def list_pages(self, folder: FolderInfo, cursor: str | None) -> Iterator[ListingPage]:
         """Changes since ``cursor`` (see ``Cursor``); read-only.
 
@@ -922,6 +932,30 @@ class ImapStore:
                 return
         yield from self._complete_listing(folder)
 
+    def _examine_with(
+        self, folder: FolderInfo, commands: Sequence[tuple[str, bytes]], sink: FetchResult
+    ) -> list[bytes]:
+        """EXAMINE ``folder`` and send ``commands`` (UID FETCHes) behind it in one round
+        trip; checks every completion, returns the untagged lines (for response codes).
+        (A failed EXAMINE leaves no folder selected, so the FETCHes then fail too.)"""
+        name = self.namespace.encode(folder.path)
+        wire = self._live_wire
+        self._selected = None
+        wire.collected = []
+        try:
+            results = wire.pipeline([("EXAMINE", self._quote(name).encode("ascii")), *commands], sink)
+        finally:
+            collected, wire.collected = wire.collected, None
+        examined = results[0]
+        self._imap.state = "SELECTED" if examined.ok else "AUTH"  # keep imaplib's view in step
+        if not examined.ok:
+            self._raise_if_throttled("EXAMINE", examined.describe())
+            raise FolderError(f"{self._where}: cannot open folder {'/'.join(folder.path)}: {examined.describe()}")
+        self._selected = (name, True)
+        for done in results[1:]:
+            self._check("UID FETCH", done)
+        return collected or []
+
     def _delta(self, folder: FolderInfo, old: Cursor) -> ListingPage | None:
         """The changes since ``old`` as one page, or None when only a complete listing
         can tell (UIDVALIDITY changed, no HIGHESTMODSEQ, expunges without QRESYNC).
@@ -929,29 +963,15 @@ class ImapStore:
         One round trip: EXAMINE, the flags changed below the old UIDNEXT (CHANGEDSINCE;
         with QRESYNC also what vanished) and what is new are sent together. (A failed
         EXAMINE leaves no folder selected, so the FETCHes then fail too.)"""
-        name = self.namespace.encode(folder.path)
-        commands: list[tuple[str, bytes]] = [("EXAMINE", self._quote(name).encode("ascii"))]
+        commands: list[tuple[str, bytes]] = []
         if old.uidnext > 1:
             modifier = b"(CHANGEDSINCE %d%s)" % (old.modseq, b" VANISHED" if self._qresync else b"")
             commands.append(("UID FETCH", b"1:%d %s %s" % (old.uidnext - 1, LIST_ITEMS, modifier)))
         commands.append(("UID FETCH", b"%d:* %s" % (old.uidnext, LIST_ITEMS)))
         with self._guard("list changes"):
             wire = self._live_wire
-            self._selected = None
             got = FetchResult(items=[], completion=Completion("OK", b""))
-            wire.collected = []
-            try:
-                results = wire.pipeline(commands, got)
-            finally:
-                collected, wire.collected = wire.collected, None
-            examined = results[0]
-            self._imap.state = "SELECTED" if examined.ok else "AUTH"  # keep imaplib's view in step
-            if not examined.ok:
-                self._raise_if_throttled("EXAMINE", examined.describe())
-                raise FolderError(f"{self._where}: cannot open folder {'/'.join(folder.path)}: {examined.describe()}")
-            self._selected = (name, True)
-            for done in results[1:]:
-                self._check("UID FETCH", done)
+            collected = self._examine_with(folder, commands, got)
             codes = _response_codes([rest for rest, _lits in collected])
             exists = wire.exists if wire.exists is not None else 0
             now = FolderStatus(
@@ -1146,12 +1166,14 @@ class ImapStore:
             return {}
         commands = [("UID FETCH", part.encode("ascii") + SIZE_ITEMS) for part in uid_sets([int(i) for i in ids])]
         sink = FetchResult(items=[], completion=Completion("OK", b""))
+        name = self.namespace.encode(folder.path)
         with self._guard("UID FETCH"):
-            self._ensure_open(folder)
-            wire = self._live_wire
             for start in range(0, len(commands), PIPELINE_DEPTH):
                 chunk = commands[start : start + PIPELINE_DEPTH]
-                for done in wire.pipeline(chunk, sink):
+                if self._selected is None or self._selected[0] != name:
+                    self._examine_with(folder, chunk, sink)  # one round trip, not two
+                    continue
+                for done in self._live_wire.pipeline(chunk, sink):
                     self._check("UID FETCH", done)
         wanted = set(ids)
         return {str(item.uid): item.size for item in sink.items if item.size is not None and str(item.uid) in wanted}
