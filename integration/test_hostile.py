@@ -373,19 +373,29 @@ def test_message_the_destination_alters_is_not_silent(dovecot, cr_cr_lf_source, 
 def test_message_the_destination_alters_is_not_copied_twice(dovecot, cr_cr_lf_source, users, tmp_path):
     """The destination stores the CR CR LF message 2 bytes shorter, so Message-ID +
     size cannot recognise it: a lost state, or an unconfirmed send after a crash, must
-    still not send it again."""
-    src_user, _src_seen, names = cr_cr_lf_source
+    still not send it again. Recognised that way, the altered copy is named in the
+    report as the first copy named it (a crash may have lost that run's report)."""
+    src_user, src_seen, names = cr_cr_lf_source
+    id_to_name = {s.id: names[s.facts.internal_date] for s in src_seen}
     dst_user = users()
     args = ("copy", imap_url(dovecot, src_user), imap_url(dovecot, dst_user))
     once = {name: 1 for name in names.values()}
     assert migrator(*args, "--state", str(tmp_path / "a.db")).returncode == 0
     assert Counter(names[s.facts.internal_date] for s in imap_inbox(dovecot, dst_user)) == once
-    assert migrator(*args, "--state", str(tmp_path / "b.db")).returncode == 0  # the state is lost
+    lost = migrator(*args, "--state", str(tmp_path / "b.db"), "--report", str(tmp_path / "b.json"))  # the state is lost
+    assert lost.returncode == 0
     assert Counter(names[s.facts.internal_date] for s in imap_inbox(dovecot, dst_user)) == once
+    assert set(altered_entries(tmp_path / "b.json", id_to_name)) == DEST_ALTERS
     with sqlite3.connect(tmp_path / "a.db") as db:  # a crash between the APPEND and its checkpoint
         assert db.execute("update messages set status = 'pending', dst_id = null").rowcount == len(once)
-    assert migrator(*args, "--state", str(tmp_path / "a.db")).returncode == 0
+    crashed = migrator(*args, "--state", str(tmp_path / "a.db"), "--report", str(tmp_path / "a.json"))
+    assert crashed.returncode == 0
     assert Counter(names[s.facts.internal_date] for s in imap_inbox(dovecot, dst_user)) == once
+    (altered,) = altered_entries(tmp_path / "a.json", id_to_name).values()
+    assert altered.sent - altered.stored == 2, altered
+    with sqlite3.connect(tmp_path / "a.db") as db:
+        reasons = dict(db.execute("select status, reason from messages where reason is not null"))
+    assert reasons == {"matched": altered.reason}, reasons
 
 
 def test_refused_message_alone_in_its_batch_does_not_stop_the_mailbox(dovecot, corpus, users, tmp_path):

@@ -565,8 +565,11 @@ class MailboxRun:
         ref: FolderRef,
     ) -> tuple[list[tuple[MessageMeta, str]], list[MessageMeta]]:  # fmt: skip
         """Which of ``todo`` are already at the destination (multiset match against the
-        destination messages this source does not account for yet)."""
+        destination messages this source does not account for yet). Copies the destination
+        altered when it stored them (recognised by the second chance below) are named in
+        reports like the ones a copy finds altered (after a lost state or an interrupted run)."""
         src_folder, dst_folder = folders
+        altered: list[AlteredMessage] = []
         dst_msgs = dst.list_messages(dst_folder)
         if not dst_msgs:
             return [], todo
@@ -589,6 +592,8 @@ class MailboxRun:
             also = match_altered(maybe_src, maybe_dst, src_norm, dst_norm)
             if also:
                 matched += also
+                stored = {d.id: d.size for d in maybe_dst}
+                altered = [AlteredMessage(src_folder.path, m.id, d, m.size, stored[d]) for m, d in also if exact]
                 again = {m.id for m, _ in also}
                 rest = [m for m in rest if m.id not in again]
         if matched:
@@ -597,7 +602,10 @@ class MailboxRun:
                 [(meta, dst_id, src_hashes.get(meta.id)) for meta, dst_id in matched],
                 self.run_id,
                 status="matched",
+                reasons={a.id: a.reason for a in altered},
             )
+        for entry in altered:
+            self._altered(self.stats.folder(ref.job, ref.source, ref.path, ref.dst), entry)
         return matched, rest
 
     # ------------------------------------------------------------------ modes

@@ -24,7 +24,7 @@ Schema (version 1)::
              message_id, content_hash, flags, status, reason, src_deleted, run_id, updated)
              PK (job, source, src_folder, src_validity, src_id)
              status: pending | copied | matched | skipped | failed
-             reason: why skipped / failed; on a copied row, how the destination
+             reason: why skipped / failed; on a copied or matched row, how the destination
              altered the message ("altered by the destination: stored N of M bytes")
 
 ``job`` is the mailbox id, ``source`` the source store's label (``Account.describe()``,

@@ -89,8 +89,10 @@ def altered_messages(
     out = []
     for (meta, raw), dst_id in zip(items, ids, strict=True):
         got = stored.get(dst_id) if dst_id is not None else None
+        if got is None or got == len(raw):  # the usual case: no scan of the bytes
+            continue
         sent = crlf_size(raw)
-        if got is not None and got != sent and got != len(raw):
+        if got != sent:
             out.append(AlteredMessage(folder, meta.id, dst_id, sent, got))
     return out
 

@@ -56,6 +56,8 @@ _FAST_FETCH = re.compile(
     rb"BODY\[(HEADER\.FIELDS \(MESSAGE-ID\))?\] \x00\)",
     re.IGNORECASE,
 )
+# the answer to the stored-size check after an APPEND batch (UID FETCH ... (UID RFC822.SIZE))
+_SIZE_FETCH = re.compile(rb"\d+ FETCH \(UID (\d+) RFC822\.SIZE (\d+)\)", re.IGNORECASE)
 _CODE = re.compile(rb"^\[([^\]]*)\]")
 
 
@@ -168,6 +170,10 @@ def format_internaldate(value: datetime) -> bytes:
 def _parse_fetch(text: bytes, literals: list[bytes]) -> FetchItem | None:
     """Parse the attribute list of b"<n> FETCH (...)" where literals were replaced by
     NUL placeholders. None when the line is not a FETCH response."""
+    if not literals:
+        sized = _SIZE_FETCH.fullmatch(text)
+        if sized is not None:
+            return FetchItem(int(sized.group(1)), int(sized.group(2)))
     fast = _FAST_FETCH.fullmatch(text)
     if fast is not None and len(literals) == 1:
         uid, size, flags, date, header = fast.groups()
