@@ -48,6 +48,7 @@ from migrator.transfer import DryRunDestination, FolderCopy, content_hash, previ
 log = logging.getLogger("migrator")
 
 DEFAULT_MAX_CONNECTIONS = 8  # per endpoint, across all mailboxes of a run
+FEW_NEW = 200  # new messages in a mailbox's changed folders that one connection pair copies at once
 
 
 def hashes(store: Source, folder: FolderInfo, msgs: Sequence[MessageMeta]) -> dict[str, str]:
@@ -337,10 +338,14 @@ class MailboxRun:
                 self.stats.excluded(jid, ex.source.path, ex.reason)
             assert first.src is not None
             can_parallel = first.src.capabilities.folders
-            quiet, busy = self._known_unchanged(first.src, label, plan.maps)
+            quiet, busy, small = self._known_unchanged(first.src, label, plan.maps)
             # extra connections only for folders that may have work: an unchanged mailbox
-            # is visited by the first link alone, from the data its listing fetched
+            # is visited by the first link alone, from the data its listing fetched, and
+            # so is one whose changes are known to be few (a login costs the server more
+            # than copying a handful of messages)
             workers = max(1, min(self.job.options.folder_workers if can_parallel else 1, len(busy)))
+            if small:
+                workers = 1
             todo: queue.SimpleQueue[FolderMap] = queue.SimpleQueue()
             for fm in busy:
                 todo.put(fm)
@@ -393,18 +398,28 @@ class MailboxRun:
 
     def _known_unchanged(
         self, src: Source | None, label: str, maps: Sequence[FolderMap]
-    ) -> tuple[list[FolderMap], list[FolderMap]]:
+    ) -> tuple[list[FolderMap], list[FolderMap], bool]:
         """``maps`` split into the folders the source already knows unchanged since their
-        stored cursor (``Source.known_unchanged``, no round trip) and the rest."""
+        stored cursor (``Source.known_unchanged``, no round trip) and the rest; and
+        whether the rest are known to hold few new messages (``Source.new_at_most``:
+        fewer than ``FEW_NEW`` in all)."""
         check = getattr(src, "known_unchanged", None)
         if check is None or self.options.dry_run:
-            return [], list(maps)
+            return [], list(maps), False
+        bound = getattr(src, "new_at_most", None)
         cursors = self.state.cursors(self.job.id, label)
         quiet: list[FolderMap] = []
         busy: list[FolderMap] = []
+        new = 0
         for fm in maps:
-            (quiet if check(fm.source, cursors.get(folder_key(fm.source.path))) else busy).append(fm)
-        return quiet, busy
+            cursor = cursors.get(folder_key(fm.source.path))
+            if check(fm.source, cursor):
+                quiet.append(fm)
+                continue
+            busy.append(fm)
+            most = bound(fm.source, cursor) if bound is not None else None
+            new = FEW_NEW if most is None else new + most
+        return quiet, busy, new < FEW_NEW
 
     def _sync_one(self, link: Link, fm: FolderMap, label: str) -> None:
         jid = self.job.id
@@ -459,6 +474,8 @@ class MailboxRun:
         done_rows: dict[str, DoneRow] = {}
         rows_read = not mirror or validity_changed
         extra = frozenset({SEEN}) if (not src.capabilities.flags and opts.pop3_seen) else frozenset()
+        # a destination with a watermark (uid_mark/list_since) shows writes by others
+        watch = not self.options.dry_run and hasattr(dst, "uid_mark") and hasattr(dst, "list_since")
         for page in self._pages(src, src_folder, cursor):
             if page.messages and not ids_read:  # (nothing pending or failed: see folder_state)
                 if page.complete:
@@ -486,6 +503,8 @@ class MailboxRun:
             renumbered = page.complete and bool(done) and len(todo) > max(10, len(page.messages) // 2)
             if todo and (not reconciled or m.pending or renumbered):
                 matched, todo = self._match_destination(src, dst, todo, (src_folder, dst_folder), ref)
+            elif todo and watch:
+                matched, todo = self._match_foreign(src, dst, todo, (src_folder, dst_folder), ref)
             seen_done += len(m.done)
             already = max(len(m.done) - copied_before, 0)
             copied_before = max(copied_before - len(m.done), 0)
@@ -534,6 +553,8 @@ class MailboxRun:
                     opts.batch_messages,
                     lambda meta, note: self._changed(fstats, src_folder, meta, note),
                 )
+            if watch and (todo or matched):  # what this job leaves there: the next run's mark
+                state.set_dst_mark(jid, ref.dst, dst.uid_mark(dst_folder))  # type: ignore[attr-defined]
             if not self.options.dry_run:
                 if not reconciled:
                     state.set_reconciled(ref)
@@ -560,17 +581,39 @@ class MailboxRun:
             self._delete_at_source(link, src, src_folder, ref, fstats)
 
     # ------------------------------------------------------------------ matching
-    def _match_destination(
+    def _match_foreign(
         self, src: Source, dst: Destination, todo: list[MessageMeta], folders: tuple[FolderInfo, FolderInfo],
         ref: FolderRef,
     ) -> tuple[list[tuple[MessageMeta, str]], list[MessageMeta]]:  # fmt: skip
+        """A folder this job reconciled before, with new messages to copy: did anyone
+        else write into the destination folder since this job last did (another job or
+        plan, ``migrator copy`` by hand, a state DB restored from a backup)? One STATUS
+        tells (``Destination.uid_mark``); if so, ``todo`` is matched against what was
+        stored since (or against the whole folder when the mark is unknown or its
+        UIDVALIDITY changed), so nothing is copied twice."""
+        mark = self.state.dst_mark(ref.job, ref.dst)
+        now = dst.uid_mark(folders[1])  # type: ignore[attr-defined]
+        if now is None or now == mark:
+            return [], todo
+        if mark is None or mark[0] != now[0]:
+            log.info("%s: %s: no mark of the destination folder; matching against it", ref.job, join(ref.dst))
+            return self._match_destination(src, dst, todo, folders, ref)
+        log.info("%s: %s: written by someone else since the last run; matching", ref.job, join(ref.dst))
+        since = dst.list_since(folders[1], mark[1])  # type: ignore[attr-defined]
+        return self._match_destination(src, dst, todo, folders, ref, listed=since)
+
+    def _match_destination(
+        self, src: Source, dst: Destination, todo: list[MessageMeta], folders: tuple[FolderInfo, FolderInfo],
+        ref: FolderRef, listed: list[MessageMeta] | None = None,
+    ) -> tuple[list[tuple[MessageMeta, str]], list[MessageMeta]]:  # fmt: skip
         """Which of ``todo`` are already at the destination (multiset match against the
-        destination messages this source does not account for yet). Copies the destination
-        altered when it stored them (recognised by the second chance below) are named in
-        reports like the ones a copy finds altered (after a lost state or an interrupted run)."""
+        destination messages this source does not account for yet; ``listed``: only
+        these). Copies the destination altered when it stored them (recognised by the
+        second chance below) are named in reports like the ones a copy finds altered
+        (after a lost state or an interrupted run)."""
         src_folder, dst_folder = folders
         altered: list[AlteredMessage] = []
-        dst_msgs = dst.list_messages(dst_folder)
+        dst_msgs = dst.list_messages(dst_folder) if listed is None else listed
         if not dst_msgs:
             return [], todo
         claimed = self.state.claimed(ref.job, ref.source, ref.dst)

@@ -31,6 +31,10 @@ Schema (version 1)::
 no secrets): one job may merge several sources into one destination. ``flags`` (JSON
 list) are the flags last given to the destination copy (mirror mode compares them).
     errors(id PK, run_id, job, folder, src_id, kind, message, at)
+    marks(job, dst_folder, validity, uidnext, updated)  PK (job, dst_folder)
+             the destination folder's (UIDVALIDITY, UIDNEXT) after this job last
+             wrote to it: a later run that finds other numbers knows someone else
+             wrote there (another job or plan, a state restored from a backup)
 
 Folder paths are stored as JSON arrays of their decoded parts.
 """
@@ -236,6 +240,11 @@ class State:
                     id integer primary key, run_id integer, job text, folder text,
                     src_id text, kind text, message text, at text)"""
             )
+            self.conn.execute(
+                """create table if not exists marks (
+                    job text, dst_folder text, validity integer, uidnext integer, updated text,
+                    primary key (job, dst_folder))"""
+            )
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -336,6 +345,28 @@ class State:
                     )
                 )
         return frozenset(out)
+
+    def dst_mark(self, job: str, dst: FolderPath) -> tuple[int, int] | None:
+        """The destination folder's (validity, next id) after ``job`` last wrote to it."""
+        with self._lock:
+            row = self.conn.execute(
+                "select validity, uidnext from marks where job = ? and dst_folder = ?", [job, folder_key(dst)]
+            ).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def set_dst_mark(self, job: str, dst: FolderPath, mark: tuple[int, int] | None) -> None:
+        if not self._write():
+            return
+        with self._tx():
+            if mark is None:
+                self.conn.execute("delete from marks where job = ? and dst_folder = ?", [job, folder_key(dst)])
+                return
+            self.conn.execute(
+                "insert into marks (job, dst_folder, validity, uidnext, updated) values (?, ?, ?, ?, ?)"
+                " on conflict (job, dst_folder) do update set validity = excluded.validity,"
+                " uidnext = excluded.uidnext, updated = excluded.updated",
+                [job, folder_key(dst), mark[0], mark[1], now()],
+            )
 
     def cursors(self, job: str, source: str) -> dict[str, str | None]:
         """The stored listing cursor of every folder of ``source`` in ``job``, by

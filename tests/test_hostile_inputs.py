@@ -15,6 +15,7 @@ plus a few subprocess runs for what only a real process shows (recursion limits)
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,10 @@ def check(path: Path, *, secret: str | None = None) -> tuple[int, str]:
     else:
         assert "ok:" in out
     if secret is not None:
-        assert secret not in out
+        shown = out
+        if code == 0:  # a fuzzed CSV may put the text in a user or id column: shown as such, rightly
+            shown = re.sub(rf"{re.escape(secret)}@|^\s*{re.escape(secret)}:", "", out, flags=re.MULTILINE)
+        assert secret not in shown
     return code, out
 
 

@@ -122,6 +122,13 @@ class Destination(Source, Protocol):
     #       changing) and a note saying what changed (None: unchanged). Pure, no I/O,
     #       idempotent; dry runs call it too. append() applies it again itself, so
     #       calling it first is for reporting (Exchange Online: long lines re-encoded).
+    # optional (both or neither): a watermark of what is stored, so that a run can tell
+    # whether anyone else wrote into a folder since its last run (another job or
+    # plan, a state DB restored from a backup) without listing the folder:
+    #   def uid_mark(self, folder: FolderInfo) -> tuple[int, int] | None
+    #       (validity, next id): every message stored later gets an id at or above it.
+    #   def list_since(self, folder: FolderInfo, uid: int) -> list[MessageMeta]
+    #       The messages stored since the mark whose next id was ``uid``.
     # capabilities.reports_stored_sizes (asked only where capabilities.exact_sizes):
     #   def stored_sizes(self, folder: FolderInfo, ids: Sequence[str]) -> dict[str, int]
     #       The RFC 822 size the store holds for each of ``ids`` (destination ids an

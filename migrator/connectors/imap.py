@@ -763,6 +763,31 @@ class ImapStore:
         got = self._status_many([name], full=True)
         return got.get(name)
 
+    def uid_mark(self, folder: FolderInfo) -> tuple[int, int] | None:
+        """(UIDVALIDITY, UIDNEXT) of ``folder`` now: one STATUS. Every message stored
+        from now on gets a UID at or above this UIDNEXT. None when the server gives no
+        numbers. Read-only."""
+        with self._guard("STATUS"):
+            status = self._status(self.namespace.encode(folder.path))
+        if status is None or status.validity is None or status.uidnext is None:
+            return None
+        return status.validity, status.uidnext
+
+    def list_since(self, folder: FolderInfo, uid: int) -> list[MessageMeta]:
+        """The messages of ``folder`` with a UID at or above ``uid`` (what was stored
+        since ``uid_mark`` gave that UIDNEXT), with full metadata; one round trip."""
+        got = FetchResult(items=[], completion=Completion("OK", b""))
+        with self._guard("list messages"):
+            self._examine_with(folder, [("UID FETCH", b"%d:* %s" % (max(uid, 1), LIST_ITEMS))], got)
+        seen: set[int] = set()
+        metas = []
+        for item in got.items:  # "n:*" also names the highest UID when it is below n
+            if item.uid >= uid and item.size is not None and item.uid not in seen:
+                seen.add(item.uid)
+                metas.append(self._metas.meta(item))
+        metas.sort(key=lambda m: int(m.id))
+        return metas
+
     def find_folder(self, path: FolderPath) -> FolderInfo | None:
         """The folder at ``path`` or None. Read-only."""
         name = self.namespace.encode(path)
