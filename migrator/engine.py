@@ -496,6 +496,8 @@ class MailboxRun:
                     self.stats.skipped_message(jid, src_folder.path, meta.id, reason)
             todo = m.to_copy
             matched: list[tuple[MessageMeta, str]] = []
+            mark_now: tuple[int, int] | None = None  # the destination folder's mark before this page's copy
+            stored_ids: list[str | None] = []
             # look at the destination first: on a folder's first visit, after unconfirmed
             # sends, and when most ids of a complete listing are new although the folder
             # was copied before (a source that renumbered its messages: POP3 UIDLs, a
@@ -504,7 +506,8 @@ class MailboxRun:
             if todo and (not reconciled or m.pending or renumbered):
                 matched, todo = self._match_destination(src, dst, todo, (src_folder, dst_folder), ref)
             elif todo and watch:
-                matched, todo = self._match_foreign(src, dst, todo, (src_folder, dst_folder), ref)
+                mark_now = dst.uid_mark(dst_folder)  # type: ignore[attr-defined]
+                matched, todo = self._match_foreign(src, dst, todo, (src_folder, dst_folder), ref, mark_now)
             seen_done += len(m.done)
             already = max(len(m.done) - copied_before, 0)
             copied_before = max(copied_before - len(m.done), 0)
@@ -542,6 +545,7 @@ class MailboxRun:
                     memory=self.shared.memory,
                     on_batch=link_success(link),
                     before_send=link.wait_if_paused,
+                    on_stored=stored_ids.extend,
                 ).run(todo)
             elif self.options.dry_run and todo and dst.capabilities.adapts_messages:
                 preview_adaptations(
@@ -554,7 +558,7 @@ class MailboxRun:
                     lambda meta, note: self._changed(fstats, src_folder, meta, note),
                 )
             if watch and (todo or matched):  # what this job leaves there: the next run's mark
-                state.set_dst_mark(jid, ref.dst, dst.uid_mark(dst_folder))  # type: ignore[attr-defined]
+                state.set_dst_mark(jid, ref.dst, self._mark_after(dst, dst_folder, mark_now, stored_ids))
             if not self.options.dry_run:
                 if not reconciled:
                     state.set_reconciled(ref)
@@ -581,18 +585,28 @@ class MailboxRun:
             self._delete_at_source(link, src, src_folder, ref, fstats)
 
     # ------------------------------------------------------------------ matching
+    @staticmethod
+    def _mark_after(
+        dst: Destination, folder: FolderInfo, before: tuple[int, int] | None, stored: Sequence[str | None]
+    ) -> tuple[int, int] | None:
+        """The destination folder's mark after this job wrote ``stored`` (ids) into it:
+        from the mark before and the ids the destination gave (no round trip), else one
+        STATUS."""
+        if before is not None and all(i is not None and i.isdigit() for i in stored):
+            return before[0], max([before[1], *(int(i) + 1 for i in stored if i is not None)])
+        return dst.uid_mark(folder)  # type: ignore[attr-defined,no-any-return]
+
     def _match_foreign(
         self, src: Source, dst: Destination, todo: list[MessageMeta], folders: tuple[FolderInfo, FolderInfo],
-        ref: FolderRef,
+        ref: FolderRef, now: tuple[int, int] | None,
     ) -> tuple[list[tuple[MessageMeta, str]], list[MessageMeta]]:  # fmt: skip
         """A folder this job reconciled before, with new messages to copy: did anyone
         else write into the destination folder since this job last did (another job or
         plan, ``migrator copy`` by hand, a state DB restored from a backup)? One STATUS
-        tells (``Destination.uid_mark``); if so, ``todo`` is matched against what was
+        tells (``now``, from ``Destination.uid_mark``); if so, ``todo`` is matched against what was
         stored since (or against the whole folder when the mark is unknown or its
         UIDVALIDITY changed), so nothing is copied twice."""
         mark = self.state.dst_mark(ref.job, ref.dst)
-        now = dst.uid_mark(folders[1])  # type: ignore[attr-defined]
         if now is None or now == mark:
             return [], todo
         if mark is None or mark[0] != now[0]:

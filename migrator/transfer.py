@@ -161,6 +161,7 @@ class FolderCopy:
     limits: Limits | None = None  # --bwlimit / --max-messages-per-second
     memory: ByteBudget | None = None  # cap on message bytes in memory across all workers
     on_batch: Callable[[], None] | None = None  # a batch was confirmed (grows the connection budget)
+    on_stored: Callable[[Sequence[str | None]], None] | None = None  # the destination ids of a confirmed batch
     before_send: Callable[[], None] | None = None  # waits out a back-off the endpoint was given
 
     def _fetch_batches(self, todo: Sequence[MessageMeta]) -> Iterator[tuple[list[tuple[MessageMeta, bytes]], int]]:
@@ -261,6 +262,8 @@ class FolderCopy:
                 self._append([item])
             return
         rows = [(m, d, hashes.get(m.id)) for (m, _), d in zip(items, ids, strict=True)]
+        if self.on_stored is not None:
+            self.on_stored(ids)
         try:
             altered = self._altered(items, ids)
         except MigratorError as exc:  # the append is confirmed: checkpoint it whatever happens here
