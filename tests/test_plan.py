@@ -179,7 +179,7 @@ def test_defaults_name_and_state_from_file_name(tmp_path: Path) -> None:
     assert plan.jobs[2].source.path == str(tmp_path / "p" / "out" / "mailbox-3.mbox")
     assert plan.jobs[2].destination.path == str(tmp_path / "p" / "mailbox-3.copy")
     assert plan.jobs[1].destination.path == str(tmp_path / "p" / "out" / "y.mbox")
-    assert plan.jobs[0].options.parallel_mailboxes == 2  # model default
+    assert plan.jobs[0].options.parallel_mailboxes == 4  # model default
 
 
 def test_x_keys_and_yaml_anchors() -> None:
