@@ -160,9 +160,11 @@ class ExoStore:
 
     # ------------------------------------------------------------------ sessions
     def _open(self) -> None:
-        self._inner = open_imap(self.account, self.role)
-        # the token the login just used (the provider hands out the same one while fresh)
+        # the token the login will use, taken first: the provider hands out the same one
+        # while it is fresh, so the login uses this one or a newer one (taken after the
+        # login, a refresh in between made the session look fresher than its token was)
         self._lease = access_lease(self.account) if self.account.oauth is not None else None
+        self._inner = open_imap(self.account, self.role)
 
     def _renew_if_needed(self) -> None:
         lease = self._lease
