@@ -173,7 +173,7 @@ def schedule(durations: Sequence[float], parallel: int) -> float:
 
 def estimate(stats: RunStats, jobs: Sequence[MailboxJob], throughput: Throughput | None, parallel: int) -> Estimate:
     """Predicted duration of copying what the dry run found to copy."""
-    est = Estimate(throughput, parallel)
+    est = Estimate(throughput, max(1, min(parallel, len(jobs))))  # never more at a time than there are
     if throughput is None:
         est.per_mailbox = {j.id: None for j in jobs}
         return est

@@ -304,7 +304,13 @@ class ExoStore:
             s.delete(folder, msgs)  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        """LOGOUT. Idempotent."""
+        """LOGOUT; a session whose token has expired is just disconnected (Exchange
+        would answer its LOGOUT with "BYE AccessTokenExpired"). Idempotent."""
         inner, self._inner = self._inner, None
-        if inner is not None:
-            inner.close()
+        if inner is None:
+            return
+        lease = self._lease
+        if lease is not None and lease.expires is not None and time.time() >= lease.expires - 1.0:
+            inner._lost()
+            return
+        inner.close()
