@@ -503,7 +503,10 @@ class MailboxRun:
             # was copied before (a source that renumbered its messages: POP3 UIDLs, a
             # restored mailbox; an incremental page holds only what is new or changed)
             renumbered = page.complete and bool(done) and len(todo) > max(10, len(page.messages) // 2)
-            if todo and (not reconciled or m.pending or renumbered):
+            created = getattr(dst, "created_empty", None)
+            if todo and not m.pending and created is not None and created(dst_folder):
+                pass  # this connection created the folder and nothing was sent yet: nothing is there
+            elif todo and (not reconciled or m.pending or renumbered):
                 matched, todo = self._match_destination(src, dst, todo, (src_folder, dst_folder), ref)
             elif todo and watch:
                 mark_now = dst.uid_mark(dst_folder)  # type: ignore[attr-defined]

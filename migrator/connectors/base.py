@@ -129,6 +129,8 @@ class Destination(Source, Protocol):
     #       (validity, next id): every message stored later gets an id at or above it.
     #   def list_since(self, folder: FolderInfo, uid: int) -> list[MessageMeta]
     #       The messages stored since the mark whose next id was ``uid``.
+    #   def created_empty(self, folder: FolderInfo) -> bool   (optional)
+    #       This connection's ensure_folder created the folder (it held nothing then).
     # capabilities.reports_stored_sizes (asked only where capabilities.exact_sizes):
     #   def stored_sizes(self, folder: FolderInfo, ids: Sequence[str]) -> dict[str, int]
     #       The RFC 822 size the store holds for each of ``ids`` (destination ids an

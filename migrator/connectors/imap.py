@@ -506,6 +506,7 @@ class ImapStore:
         self._selected: tuple[str, bool] | None = None  # (decoded name, read-only) of the selected folder
         self._status_cache: dict[str, FolderStatus] = {}  # from the last list_folders, by decoded name
         self._listed: dict[FolderPath, FolderInfo] = {}  # selectable folders of the last list_folders
+        self._created: set[FolderPath] = set()  # folders this connection's CREATE made
         self._metas = _Metas()
         self.command_counts: Counter[str] = Counter()
         self._wire = self._install_wire(client)
@@ -811,7 +812,9 @@ class ImapStore:
                 if depth == 1 and sub[0].upper() == "INBOX":
                     continue
                 use = special_use if depth == len(path) else None
-                self._create(self.namespace.encode(sub), use)
+                made = self._create(self.namespace.encode(sub), use)
+                if depth == len(path) and made:
+                    self._created.add(path)
             self._simple("SUBSCRIBE", self._quote(self.namespace.encode(path)))
         created = self.find_folder(path)
         if created is None or not created.selectable:
@@ -819,14 +822,21 @@ class ImapStore:
         self._listed[path] = created
         return created
 
-    def _create(self, name: str, special_use: str | None) -> None:
+    def created_empty(self, folder: FolderInfo) -> bool:
+        """Whether this connection created ``folder`` (so it held nothing then: a first
+        visit need not list it to look for copies already there)."""
+        return folder.path in self._created
+
+    def _create(self, name: str, special_use: str | None) -> bool:
+        """CREATE; True when this command created it (False: it existed already)."""
         if special_use and "CREATE-SPECIAL-USE" in self._caps:
             typ, data = self._simple("CREATE", self._quote(name), f"(USE ({special_use}))")
             if typ == "OK" or self._already_exists(data):
-                return
+                return typ == "OK"
         typ, data = self._simple("CREATE", self._quote(name))
         if typ != "OK" and not self._already_exists(data):
             raise FolderError(f"{self._where}: cannot create {name!r}: {_text(data)}")
+        return typ == "OK"
 
     @staticmethod
     def _already_exists(data: Any) -> bool:
