@@ -282,7 +282,7 @@ class _Session:
                 else:
                     sasl_pending = True
             elif self._expired():
-                self.proxy.record(self.cid, "bye-expired")
+                self.proxy.record(self.cid, "bye-expired", verb.decode("ascii", "replace"))
                 self._to_client(b"* BYE Session invalidated - AccessTokenExpired\r\n")
                 return
             if verb == b"APPEND" and self._append_refused(tag, parts):

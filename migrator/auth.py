@@ -276,7 +276,10 @@ class TokenProvider:
             lifetime = float(result.get("expires_in", 3600))
         except (TypeError, ValueError):
             lifetime = 3600.0
-        return Lease(str(result["access_token"]), now, now + max(lifetime, 1.0))
+        token = str(result["access_token"])
+        expires = now + max(lifetime, 1.0)
+        claimed = jwt_expiry(token)  # a JWT says when it stops working, to the second: trust the earlier
+        return Lease(token, now, min(expires, claimed) if claimed is not None else expires)
 
 
 def _error_text(result: dict[str, Any] | None) -> str:

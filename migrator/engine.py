@@ -460,10 +460,11 @@ class MailboxRun:
         # an incremental listing would not show them, being unchanged at the source
         cursor = None if (validity_changed or fs.pending or fs.failed or self.options.dry_run) else fs.cursor
         # (a dry run reports whole folders, so it lists them completely too)
-        # a retry lists again: listing counters restart, what was copied stays counted
-        copied_before = copied_at_start = fstats.copied
+        # a retry lists again: what an earlier attempt of this run copied or found at the
+        # destination is "done" now, and stays counted as copied / matched, not twice
+        copied_before = copied_at_start = fstats.copied + fstats.matched
         seen_done = 0  # listed messages already at the destination
-        self.stats.set(jid, fstats, listed=0, done=0, skipped=0, matched=0, to_copy=0, bytes_to_copy=0)
+        self.stats.set(jid, fstats, listed=0, done=0, skipped=0, to_copy=0, bytes_to_copy=0)
         listed_ids: set[str] = set()
         deferred_cursor: tuple[str | None, ...] = ()  # a cursor past deletions not yet applied
         complete = False
