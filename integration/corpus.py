@@ -617,6 +617,22 @@ def imap_folder_name(folder: tuple[str, ...], separator: str = "/", prefix: str 
     return prefix + separator.join(folder)
 
 
+def deliver_imap(
+    messages: Iterable[CorpusMessage], host: str, port: int, user: str, password: str, *,
+    separator: str = "/", prefix: str = "", timeout: float = 60,
+) -> dict[str, object]:  # fmt: skip
+    """``load_imap`` on a connection of its own (log in, APPEND, log out): new mail
+    arriving at ``user`` between two runs. Creates only the messages' own folders."""
+    import imapclient
+
+    client = imapclient.IMAPClient(host, port=port, ssl=False, timeout=timeout)
+    try:
+        client.login(user, password)
+        return load_imap(messages, client, separator=separator, prefix=prefix, folders=[])
+    finally:
+        client.logout()
+
+
 def load_imap(
     messages: Iterable[CorpusMessage],
     client: imapclient.IMAPClient,

@@ -10,9 +10,7 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import imapclient
-
-from integration.corpus import generate, load_imap, load_maildir
+from integration.corpus import deliver_imap, generate, load_maildir
 from integration.dovecot import DovecotServer
 from integration.harness import PW, imap_url, migrator
 from integration.snapshot import diff_snapshots, snapshot_imap
@@ -26,12 +24,7 @@ def copy(server: DovecotServer, src: str, dst: str, state: Path) -> str:
 
 def deliver(server: DovecotServer, user: str, count: int, start: int, seed: int) -> None:
     fresh = list(generate(start + count, seed=seed, max_attachment=20_000))[start:]
-    client = imapclient.IMAPClient(server.host, port=server.imap_port, ssl=False, timeout=30)
-    try:
-        client.login(user, PW)
-        load_imap(fresh, client, separator=server.separator, prefix=server.prefix, folders=[])
-    finally:
-        client.logout()
+    deliver_imap(fresh, server.host, server.imap_port, user, PW, separator=server.separator, prefix=server.prefix)
 
 
 def copies(server: DovecotServer, user: str) -> Counter[tuple[tuple[str, ...], str]]:

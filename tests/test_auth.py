@@ -215,6 +215,8 @@ def test_leases_know_when_tokens_expire(server: TokenServer, tmp_path: Path) -> 
     lease = TokenProvider(cc(server), (IMAP_SCOPE,)).lease()
     issued = server.lookup(lease.value)
     assert issued is not None and lease.expires == pytest.approx(issued.expires, abs=2)
+    claimed = jwt_expiry(lease.value)  # never later than the token itself says (expires_in is rounded)
+    assert claimed is not None and lease.expires <= claimed
     assert lease.fresh(time.time()) and not lease.fresh(lease.expires - 3)  # under 20 % of 20 s left
     assert lease.value not in repr(lease)
     path = tmp_path / "token"

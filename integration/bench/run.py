@@ -36,11 +36,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import imapclient
-
 from integration.bench.measure import Measured, run_measured
 from integration.bench.tools import TOOLS, Pair, Tool
-from integration.corpus import generate, load_imap, load_maildir
+from integration.corpus import deliver_imap, generate, load_maildir
 from integration.dovecot import DovecotServer
 from integration.snapshot import Snapshot, snapshot_imap
 
@@ -180,12 +178,8 @@ def add_new(server: DovecotServer, corpus: Corpus) -> int:
     total = 0
     for user, seed in zip(corpus.sources, corpus.seeds, strict=True):
         fresh = list(generate(corpus.count + corpus.added, seed=seed))[corpus.count :]
-        client = imapclient.IMAPClient(server.host, port=server.imap_port, ssl=False, timeout=60)
-        try:
-            client.login(user, PASSWORD)
-            load_imap(fresh, client, separator=server.separator, prefix=server.prefix, folders=[])
-        finally:
-            client.logout()
+        deliver_imap(fresh, server.host, server.imap_port, user, PASSWORD, separator=server.separator,
+                     prefix=server.prefix)  # fmt: skip
         total += sum(len(m.raw) for m in fresh)
     corpus.snapshots = snapshot_users(server, corpus.sources)
     return total
