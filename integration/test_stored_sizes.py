@@ -12,12 +12,14 @@ is reported.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from imapclient import IMAPClient
 
 from integration.dovecot import DovecotServer
 from integration.test_exchange_online import Exo, exo  # noqa: F401  (the module-scoped fixture)
@@ -74,6 +76,64 @@ def test_stored_sizes_name_what_dovecot_holds_after_each_append_path(dst: ImapSt
     assert entry == AlteredMessage(("INBOX",), "2", ids[2], len(CR_CR_LF), STORED_CR_CR_LF)
     assert entry.reason == f"altered by the destination: stored {STORED_CR_CR_LF:,} of {len(CR_CR_LF):,} bytes"
     assert dst.stored_sizes(INBOX, []) == {}
+
+
+@pytest.mark.parametrize("dst", ["", "MULTIAPPEND", "MULTIAPPEND LITERAL+"], indirect=True,
+                         ids=["multiappend", "pipelined", "pipelined-sync-literals"])  # fmt: skip
+def test_a_folder_this_connection_created_has_its_sizes_checked_within_the_appends_round_trip(
+    dst: ImapStore, dovecot: DovecotServer
+) -> None:
+    """After ``list_folders``, a new folder costs one pipelined CREATE + SUBSCRIBE (no
+    LIST), and the first batch's sizes come with its APPEND (EXAMINE and UID FETCH
+    sent behind the last literal): ``stored_sizes`` then sends nothing. Without
+    non-synchronizing literals, or once the folder is selected (a later batch), it
+    asks on its own. Either way the sizes are what the server holds."""
+    dst.list_folders()
+    before = dst.command_counts.copy()
+    folder = dst.ensure_folder(("Fresh", "Box"))
+    assert dst.command_counts - before == Counter({"CREATE": 2, "SUBSCRIBE": 1})
+    rides = "LITERAL+" in dst.server_capabilities
+    items = [(meta(i, raw), raw) for i, raw in enumerate(MESSAGES)]
+    want = [len(PLAIN), crlf_size(BARE_LF), STORED_CR_CR_LF, len(NO_EOL), crlf_size(MIXED)]
+    batches = [items[:1], items[1:]] if "MULTIAPPEND" not in dst.server_capabilities else [items[:3], items[3:]]
+    for n, batch in enumerate(batches):
+        ids = dst.append(folder, batch)
+        sent = dst.command_counts.copy()
+        sizes = dst.stored_sizes(folder, ids)
+        asked = sum((dst.command_counts - sent).values())
+        # first batch: nothing, else EXAMINE + UID FETCH (one round trip); later: the
+        # folder is selected, one UID FETCH
+        assert asked == ((0 if rides else 2) if n == 0 else 1), (n, dst.command_counts - sent)
+        offset = 0 if n == 0 else len(batches[0])
+        assert sizes == dict(zip(ids, want[offset : offset + len(batch)], strict=True))
+    c = IMAPClient(dovecot.host, port=dovecot.imap_port, ssl=False, timeout=30)
+    try:
+        c.login(dst.account.user, "pw")
+        assert "Fresh/Box" in {name for _f, _s, name in c.list_sub_folders()}
+        status = c.folder_status("Fresh/Box", ["UIDVALIDITY", "UIDNEXT"])
+    finally:
+        c.logout()
+    assert dst.written_mark(folder) == (status[b"UIDVALIDITY"], status[b"UIDNEXT"])
+
+
+def test_a_folder_created_meanwhile_by_someone_else_is_looked_up(dst: ImapStore, dovecot: DovecotServer) -> None:
+    """A folder another connection created after this one listed: CREATE answers
+    ALREADYEXISTS, the folder is looked up, and it does not count as created here
+    (it may hold messages: a first copy must look for them)."""
+    dst.list_folders()
+    c = IMAPClient(dovecot.host, port=dovecot.imap_port, ssl=False, timeout=30)
+    try:
+        c.login(dst.account.user, "pw")
+        c.create_folder("Elsewhere")
+        c.append("Elsewhere", PLAIN)
+    finally:
+        c.logout()
+    before = dst.command_counts.copy()
+    folder = dst.ensure_folder(("Elsewhere",))
+    assert folder.path == ("Elsewhere",) and folder.selectable
+    assert (dst.command_counts - before)["LIST"] == 1
+    assert not dst.created_empty(folder)
+    assert [m.message_id for m in dst.list_messages(folder)] == ["<plain@sizes.test>"]
 
 
 # --------------------------------------------------------------------------- the copy

@@ -165,6 +165,8 @@ class ExoStore:
         # login, a refresh in between made the session look fresher than its token was)
         self._lease = access_lease(self.account) if self.account.oauth is not None else None
         self._inner = open_imap(self.account, self.role)
+        # Exchange rewrites MIME: its sizes are never compared (no size check with appends)
+        self._inner.capabilities = replace(self._inner.capabilities, reports_stored_sizes=False)
 
     def _renew_if_needed(self) -> None:
         lease = self._lease

@@ -405,19 +405,7 @@ class Wire:
             tags.append(tag)
             out.append(b"%s %s %s\r\n" % (tag, name.encode("ascii"), args))
         self._send(b"".join(out))
-        results: dict[bytes, Completion] = {}
-        pending = set(tags)
-        while pending:
-            got, rest, literals = self.read_response()
-            if got == b"*":
-                self._untagged(rest, literals, sink)
-                continue
-            if got not in pending:
-                raise WireLost(f"answer for an unknown command tag {got[:20]!r}")
-            status, _, text = rest.partition(b" ")
-            results[got] = Completion(status.decode("ascii", "replace").upper(), text)
-            pending.discard(got)
-        return [results[t] for t in tags]
+        return self._completions(tags, sink)
 
     def uid_fetch(self, uids: str, items: bytes, modifiers: bytes = b"") -> FetchResult:
         """UID FETCH ``uids`` ``items`` [``modifiers``]: parsed items and VANISHED uids."""
@@ -471,10 +459,29 @@ class Wire:
         literal non-synchronizing (LITERAL+); ``minus``: those up to 4096 bytes
         (LITERAL-); others wait for the server's continuation. A refusal before the
         last literal comes back as the completion (the connection stays in sync)."""
+        return self.append_then(mailbox, entries, plus=plus, minus=minus)[0]
+
+    def append_then(
+        self,
+        mailbox: bytes,
+        entries: Sequence[AppendEntry],
+        *,
+        plus: bool,
+        minus: bool,
+        then: Sequence[tuple[str, bytes]] = (),
+        sink: FetchResult | None = None,
+    ) -> tuple[Completion, list[Completion]]:
+        """``append`` with small literal-free commands sent behind its last literal,
+        in the same round trip: only when nothing waits for a continuation (every
+        literal non-synchronizing), else ``then`` is not sent. Returns the APPEND's
+        completion and those of ``then`` (empty when not sent); FETCH data go to
+        ``sink``."""
+        if then and not all(plus or (minus and len(e.raw) <= LITERAL_MINUS_MAX) for e in entries):
+            then = ()
+        write, flush = self._writer()
+        self.untagged_no = []
         tag = self.next_tag()
         self.counts["APPEND"] += 1
-        self.untagged_no = []
-        write, flush = self._writer()
         prefix = tag + b" APPEND " + mailbox
         for entry in entries:
             nonsync = plus or (minus and len(entry.raw) <= LITERAL_MINUS_MAX)
@@ -490,12 +497,35 @@ class Wire:
                 flush()
                 early = self._wait_continuation(tag)
                 if early is not None:
-                    return early
+                    return early, []
             write(entry.raw)
             prefix = b""
         write(b"\r\n")
+        tags = [tag]
+        for name, args in then:
+            tags.append(self.next_tag())
+            self.counts[name] += 1
+            write(b"%s %s %s\r\n" % (tags[-1], name.encode("ascii"), args))
         flush()
-        return self.complete(tag)
+        done = self._completions(tags, sink)
+        return done[0], done[1:]
+
+    def _completions(self, tags: Sequence[bytes], sink: FetchResult | None) -> list[Completion]:
+        """Read responses until every command of ``tags`` (sent, pipelined) is
+        complete; their completions in the order of ``tags``."""
+        results: dict[bytes, Completion] = {}
+        pending = set(tags)
+        while pending:
+            got, rest, literals = self.read_response()
+            if got == b"*":
+                self._untagged(rest, literals, sink)
+                continue
+            if got not in pending:
+                raise WireLost(f"answer for an unknown command tag {got[:20]!r}")
+            status, _, text = rest.partition(b" ")
+            results[got] = Completion(status.decode("ascii", "replace").upper(), text)
+            pending.discard(got)
+        return [results[t] for t in tags]
 
     def append_pipelined(
         self, mailbox: bytes, entries: Sequence[AppendEntry], *, plus: bool, minus: bool
