@@ -7,6 +7,7 @@ sends, so "an unchanged mailbox costs almost nothing" is checked on the wire.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -274,11 +275,51 @@ def test_unchanged_mailbox_costs_no_body_fetch_and_changes_send_exactly_themselv
         assert body_fetches(lines) == 20
         run = last_run(state)
         assert run["copied"] == 20
-        import json
-
         report = json.loads((tmp_path / "r.json").read_text())
         inbox = [f for m in report["mailboxes"] for f in m["folders"] if f["source"] == "INBOX"]
         assert sum(f.get("flags_changed", 0) for f in inbox) == 20, inbox
         assert diff_snapshots(snap(dovecot, src), snap(dovecot, dst)) == []
     finally:
         tap.close()
+
+
+def test_first_copy_of_a_small_mailbox_takes_one_connection_pair_and_no_round_trip_per_folder_to_spare(
+    dovecot, pair, tmp_path
+):
+    """A first copy of 300 messages (under FEW_NEW): one login per side (a folder
+    worker's logins cost the server more than it would copy); per destination folder
+    one round trip creates and subscribes it (no LIST before or after) and its mark
+    comes from the APPENDUIDs (no STATUS), exactly its UIDVALIDITY and UIDNEXT."""
+    src, dst = pair
+    tap = Tap((dovecot.host, dovecot.imap_port))
+    try:
+        state = tmp_path / "first.db"
+        out = migrator(*copy_args(dovecot, src, dst, state, port=tap.port))
+        assert out.returncode == 0, out.stdout + out.stderr
+        verbs = Counter(re.sub(r"^\S+ (UID )?", "", line).split(" ")[0].upper() for line in tap.commands() if line)
+    finally:
+        tap.close()
+    assert diff_snapshots(snap(dovecot, src), snap(dovecot, dst)) == []
+    c = imap(dovecot, dst)
+    try:
+        listed = c.list_folders()
+        folders = [name for _flags, _sep, name in listed]
+        uses = {b"\\Sent", b"\\Trash", b"\\Drafts", b"\\Junk", b"\\Archive"}
+        special = [name for flags, _sep, name in listed if uses & set(flags)]
+        subscribed = {name for _flags, _sep, name in c.list_sub_folders()}
+        real = {name: c.folder_status(name, ["UIDVALIDITY", "UIDNEXT"]) for name in folders}
+    finally:
+        c.logout()
+    created = [name for name in folders if name != "INBOX"]
+    assert set(created) <= subscribed
+    assert verbs["LOGIN"] + verbs["AUTHENTICATE"] == 2, verbs
+    # one listing per side, and a look-up only for folders created with a special use
+    # (the server may give it by name)
+    assert verbs["STATUS"] == 0 and verbs["LIST"] <= 2 + len(special), (verbs, special)
+    assert verbs["CREATE"] == len(created) and verbs["SUBSCRIBE"] == len(created), verbs
+    with sqlite3.connect(state) as db:
+        marks = {folder: (validity, uidnext) for folder, validity, uidnext in
+                 db.execute("select dst_folder, validity, uidnext from marks")}  # fmt: skip
+    # every folder the copy wrote into, with its numbers as the server gives them now
+    want = {f: (real[f][b"UIDVALIDITY"], real[f][b"UIDNEXT"]) for f in folders if real[f][b"UIDNEXT"] > 1}
+    assert {"/".join(json.loads(f)): m for f, m in marks.items()} == want

@@ -261,6 +261,16 @@ class State:
                 raise
             conn.execute("commit")
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Writes inside commit together (one commit instead of one each); nothing is
+        written when the block raises. A read-only state writes nothing anyway."""
+        if not self._write():
+            yield
+            return
+        with self._tx():
+            yield
+
     def _write(self) -> bool:
         return not self.readonly
 

@@ -156,3 +156,25 @@ def test_readonly_open_after_a_sigkill_recovers_the_wal(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=False)
     st = State.open(db, readonly=True)
     assert st.done_rows(FolderRef("j", "s", ("A",), 1, ("A",)))["1"].dst_id == "d"
+
+
+def test_a_transaction_commits_its_writes_together_or_none_of_them(tmp_path):
+    path = tmp_path / "t.db"
+    st = State.open(path)
+    st.set_folder(R())
+    with st.transaction():
+        st.set_dst_mark("j", ("INBOX",), (7, 11))
+        st.set_cursor(R(), "c1")
+        st.set_reconciled(R())
+        other = State.open(path, readonly=True)  # another reader sees nothing of it yet
+        assert other.dst_mark("j", ("INBOX",)) is None
+        other.close()
+    assert st.dst_mark("j", ("INBOX",)) == (7, 11) and st.cursors("j", "src") == {'["INBOX"]': "c1"}
+    with pytest.raises(RuntimeError), st.transaction():
+        st.set_dst_mark("j", ("INBOX",), (7, 99))
+        st.set_cursor(R(), "c2")
+        raise RuntimeError("a failure half way")
+    assert st.dst_mark("j", ("INBOX",)) == (7, 11) and st.cursors("j", "src") == {'["INBOX"]': "c1"}
+    fs = st.folder_state(R())
+    assert fs.reconciled and fs.cursor == "c1"
+    st.close()
