@@ -487,6 +487,7 @@ class State:
         if not self._write():
             return
         fk, dk, ts = folder_key(ref.path), folder_key(ref.dst), now()
+        texts: dict[frozenset[str], str] = {}  # a batch holds few distinct flag sets
         with self._tx():
             self.conn.executemany(
                 "insert into messages (job, source, src_folder, src_validity, src_id, dst_folder, dst_id, size,"
@@ -500,7 +501,8 @@ class State:
                 " run_id = excluded.run_id, updated = excluded.updated",
                 [
                     (ref.job, ref.source, fk, ref.validity, m.id, dk, dst_id, m.size, m.message_id, sha,
-                     flags_text(m.flags), status, reason, run_id, ts)
+                     texts.get(m.flags) or texts.setdefault(m.flags, flags_text(m.flags)), status, reason,
+                     run_id, ts)
                     for m, dst_id, sha, status, reason in rows
                 ],
             )  # fmt: skip

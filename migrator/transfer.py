@@ -32,7 +32,10 @@ def content_hash(raw: bytes) -> str:
     """SHA-256 of the message with every line ending as LF and no trailing ones: the
     identity of a message without Message-ID, the same whether a store keeps it with
     CRLF (IMAP, POP3), LF (mbox, Maildir files) or altered CR runs (Dovecot)."""
-    return hashlib.sha256(_LINE_END.sub(b"\n", raw).rstrip(b"\n")).hexdigest()
+    lf = raw.replace(b"\r\n", b"\n")  # the usual case, at memchr speed
+    if b"\r" in lf:  # CR runs or lone CRs: the general rule
+        lf = _LINE_END.sub(b"\n", raw)
+    return hashlib.sha256(lf.rstrip(b"\n")).hexdigest()
 
 
 class DryRunDestination:
@@ -164,27 +167,26 @@ class FolderCopy:
     on_stored: Callable[[Sequence[str | None]], None] | None = None  # the destination ids of a confirmed batch
     before_send: Callable[[], None] | None = None  # waits out a back-off the endpoint was given
 
-    def _fetch_batches(self, todo: Sequence[MessageMeta]) -> Iterator[tuple[list[tuple[MessageMeta, bytes]], int]]:
+    def _fetch_batches(
+        self, planned: Sequence[Sequence[MessageMeta]]
+    ) -> Iterator[tuple[list[tuple[MessageMeta, bytes]], int]]:
         """Fetched batches, each with the memory it reserved (released after its append)."""
-        for batch in batches(todo, self.batch_bytes, self.batch_messages):
+        for batch in planned:
             reserved = self.memory.acquire(sum(m.size for m in batch), self.cancel) if self.memory else 0
             by_id = {m.id: m for m in batch}
             got: list[tuple[MessageMeta, bytes]] = []
-            for fresh, raw in self.src.fetch(self.src_folder, batch):
-                listed = by_id.pop(fresh.id, None)
-                if listed is None:
-                    continue
-                # identity (size, Message-ID) from the listing; flags and date as of now
-                got.append(
-                    (
-                        replace(
-                            listed,
-                            flags=fresh.flags | self.extra_flags,
-                            internal_date=fresh.internal_date or listed.internal_date,
-                        ),
-                        raw,
-                    )
-                )
+            try:
+                for fresh, raw in self.src.fetch(self.src_folder, batch):
+                    listed = by_id.pop(fresh.id, None)
+                    if listed is None:
+                        continue
+                    # identity (size, Message-ID) from the listing; flags and date as of now
+                    flags, date = fresh.flags | self.extra_flags, fresh.internal_date or listed.internal_date
+                    got.append((replace(listed, flags=flags, internal_date=date), raw))
+            except BaseException:  # a failed fetch holds no memory
+                if self.memory:
+                    self.memory.release(reserved)
+                raise
             for gone in by_id.values():
                 self.on_vanished(gone)
             if got:
@@ -194,16 +196,22 @@ class FolderCopy:
 
     def run(self, todo: Sequence[MessageMeta]) -> None:
         """Copy ``todo``. Fetching runs one batch ahead of appending, in a thread, with
-        at most two batches in memory. Raises what the connectors raise (TransientError,
-        QuotaError, ...); per-message refusals are recorded and the copy goes on."""
+        at most two batches in memory (a copy of one batch runs in this thread). Raises
+        what the connectors raise (TransientError, QuotaError, ...); per-message
+        refusals are recorded and the copy goes on."""
         if not todo:
+            return
+        planned = batches(todo, self.batch_bytes, self.batch_messages)
+        if len(planned) == 1:  # nothing to overlap: fetch and send in this thread
+            for items, reserved in self._fetch_batches(planned):
+                self._send(items, reserved)
             return
         q: queue.Queue[tuple[list[tuple[MessageMeta, bytes]], int] | BaseException | None] = queue.Queue(maxsize=1)
         stop = threading.Event()
 
         def produce() -> None:
             try:
-                for items in self._fetch_batches(todo):
+                for items in self._fetch_batches(planned):
                     while not stop.is_set():
                         try:
                             q.put(items, timeout=0.5)
@@ -225,20 +233,7 @@ class FolderCopy:
                     break
                 if isinstance(got, BaseException):
                     raise got
-                items, reserved = got
-                try:
-                    if self.cancel is not None and self.cancel.is_set():
-                        raise KeyboardInterrupt
-                    if self.before_send is not None:
-                        self.before_send()
-                    if self.limits is not None:
-                        self.limits.take(len(items), sum(len(raw) for _, raw in items))
-                    self._append(adapt_items(self.dst, items, self.on_changed))
-                    if self.on_batch is not None:
-                        self.on_batch()
-                finally:
-                    if self.memory:
-                        self.memory.release(reserved)
+                self._send(*got)
         finally:
             stop.set()
             while producer.is_alive() or not q.empty():
@@ -248,6 +243,22 @@ class FolderCopy:
                         self.memory.release(left[1])
                 except queue.Empty:
                     producer.join(timeout=0.1)
+
+    def _send(self, items: list[tuple[MessageMeta, bytes]], reserved: int) -> None:
+        """Append one fetched batch, then release the memory it reserved."""
+        try:
+            if self.cancel is not None and self.cancel.is_set():
+                raise KeyboardInterrupt
+            if self.before_send is not None:
+                self.before_send()
+            if self.limits is not None:
+                self.limits.take(len(items), sum(len(raw) for _, raw in items))
+            self._append(adapt_items(self.dst, items, self.on_changed))
+            if self.on_batch is not None:
+                self.on_batch()
+        finally:
+            if self.memory:
+                self.memory.release(reserved)
 
     def _append(self, items: list[tuple[MessageMeta, bytes]]) -> None:
         hashes = {m.id: content_hash(raw) for m, raw in items if not m.message_id}

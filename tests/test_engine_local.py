@@ -5,11 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from migrator.cli import app
 from migrator.connectors.local import open_maildir, open_mbox
+from migrator.errors import TransientError
 from migrator.model import Account, MessageMeta, crlf_size
+from migrator.ratelimit import ByteBudget
+from migrator.state import FolderRef, State
+from migrator.transfer import FolderCopy
 
 runner = CliRunner()
 
@@ -89,3 +94,44 @@ def test_true_duplicates_and_shared_message_ids_are_all_copied(tmp_path: Path):
     again = copy(tmp_path / "src", tmp_path / "dst", tmp_path / "fresh.db")
     assert again.exit_code == 0 and "5 already there" in again.output
     assert len(maildir_messages(tmp_path / "dst")) == 5
+
+
+@pytest.mark.parametrize("per_batch", [50, 4], ids=["one-batch-in-this-thread", "batches-fetched-ahead"])
+def test_folder_copy_holds_no_memory_after_it_ends_well_or_badly(tmp_path, per_batch):
+    """The byte budget is back to zero after a copy, and after a copy whose fetch
+    failed half way (the batch being fetched released its reservation too)."""
+    fill_mbox(tmp_path / "src.mbox", [(raw(i), frozenset()) for i in range(12)])
+    src = open_mbox(Account(type="mbox", path=str(tmp_path / "src.mbox")), "source")
+    (inbox,) = src.list_folders()
+    todo = src.list_messages(inbox)
+
+    class Failing:  # the source, failing on its second fetch
+        capabilities = src.capabilities
+        calls = 0
+
+        def fetch(self, folder, msgs):
+            Failing.calls += 1
+            if Failing.calls == 2 or per_batch == 50:
+                raise TransientError("connection lost")
+            yield from src.fetch(folder, msgs)
+
+    for source, ok in ((src, True), (Failing(), False)):
+        dst = open_maildir(Account(type="maildir", path=str(tmp_path / f"dst{ok}")), "destination")
+        state = State.open(tmp_path / f"s{ok}.db")
+        memory = ByteBudget(1 << 20)
+        copy_ = FolderCopy(
+            ref=FolderRef("j", "src", ("INBOX",), None, ("INBOX",)), src=source, dst=dst, src_folder=inbox,  # type: ignore[arg-type]
+            dst_folder=dst.ensure_folder(("INBOX",)), state=state, run_id=1, batch_bytes=1 << 20,
+            batch_messages=per_batch, on_copied=lambda n, b: None, on_failed=lambda m, r: None,
+            on_vanished=lambda m: None, memory=memory,
+        )  # fmt: skip
+        if ok:
+            copy_.run(todo)
+            assert len(dst.list_messages(dst.ensure_folder(("INBOX",)))) == 12
+        else:
+            with pytest.raises(TransientError):
+                copy_.run(todo)
+        assert memory.used == 0
+        state.close()
+        dst.close()
+    src.close()

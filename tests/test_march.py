@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from migrator.march import batches, hash_candidates, march, match_existing
 from migrator.model import Capabilities, Filters, MessageMeta
+from migrator.transfer import content_hash
 
 
 def M(id_: str, mid: str | None = "<a@x>", size: int = 100, date: datetime | None = None) -> MessageMeta:
@@ -115,3 +120,12 @@ def test_altered_copies_are_candidates_only_when_no_claim_accounts_for_them():
     # a checkpoint row already accounts for the altered copy: a true duplicate must be copied
     a, b = altered_candidates(src, dst, set(), Counter({("mid", "<a@x>", 100): 1}))
     assert a == [] and b == []
+
+
+@given(st.lists(st.sampled_from([b"a", b"b ", b"\r\n", b"\n", b"\r", b"\r\r\n", b"\r\r", b"x\r"]), max_size=40))
+def test_content_hash_is_the_hash_with_every_line_ending_as_lf(parts):
+    """The fast path (CR LF -> LF by bytes.replace) gives what the general rule (every
+    CR* LF and lone CR is one LF, trailing ones dropped) gives, whatever the endings."""
+    raw = b"".join(parts)
+    want = hashlib.sha256(re.sub(rb"\r*\n|\r", b"\n", raw).rstrip(b"\n")).hexdigest()
+    assert content_hash(raw) == want
