@@ -50,6 +50,10 @@ class Tool:
 
         return dict(os.environ)
 
+    def state_seconds(self) -> float | None:
+        """Seconds the last run spent in its state store, where the tool reports it."""
+        return None
+
 
 @dataclass
 class Migrator(Tool):
@@ -86,7 +90,8 @@ class Migrator(Tool):
             )
 
     def argv(self, pairs: Sequence[Pair]) -> list[str]:
-        base = [sys.executable, "-m", "migrator"]
+        # migrator's CLI with its state store's lock timed (integration/bench/statetime.py)
+        base = [sys.executable, "-m", "integration.bench.statetime"]
         if len(pairs) == 1:
             src, dst = pairs[0]
             state = str(self.workdir / "state.db")
@@ -100,8 +105,20 @@ class Migrator(Tool):
             MIGRATOR_DEST_PASSWORD=self.password,
             BENCH_PW=self.password,
             PYTHONPATH=str(self.repo),
+            BENCH_STATE_FILE=str(self._state_file()),
         )
         return env
+
+    def _state_file(self) -> Path:
+        return self.workdir / "state-seconds"
+
+    def state_seconds(self) -> float | None:
+        try:
+            text = self._state_file().read_text(encoding="ascii")
+            self._state_file().unlink()
+            return float(text.split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
 
 @dataclass
