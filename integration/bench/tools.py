@@ -50,8 +50,15 @@ class Tool:
 
         return dict(os.environ)
 
-    def state_seconds(self) -> float | None:
-        """Seconds the last run spent in its state store, where the tool reports it."""
+    first_copy_only = False  # a variant measured on first copies only
+
+    @property
+    def tag(self) -> str:
+        """Short, unique among the tools: names the destination users."""
+        return self.name[:3]
+
+    def state_cpu(self) -> float | None:
+        """CPU seconds the last run spent in its state store, where the tool reports it."""
         return None
 
 
@@ -112,13 +119,28 @@ class Migrator(Tool):
     def _state_file(self) -> Path:
         return self.workdir / "state-seconds"
 
-    def state_seconds(self) -> float | None:
+    def state_cpu(self) -> float | None:
         try:
             text = self._state_file().read_text(encoding="ascii")
             self._state_file().unlink()
-            return float(text.split()[0])
+            return float(text.split()[1])
         except (OSError, ValueError, IndexError):
             return None
+
+
+@dataclass
+class MigratorNoCheckpoints(Migrator):
+    """migrator with no message rows written: what checkpoints cost is the difference
+    of its first copy from migrator's (it could not resume; first copies only)."""
+
+    first_copy_only = True
+
+    @property
+    def tag(self) -> str:
+        return "mnc"
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "BENCH_CHECKPOINTS": "off"}
 
 
 @dataclass
@@ -185,4 +207,9 @@ class OfflineImap(Tool):
         return ["offlineimap", "-c", str(self.workdir / "offlineimaprc"), "-o", *self.extra_args]
 
 
-TOOLS: dict[str, type[Tool]] = {"migrator": Migrator, "mbsync": Mbsync, "offlineimap": OfflineImap}
+TOOLS: dict[str, type[Tool]] = {
+    "migrator": Migrator,
+    "migrator-nockpt": MigratorNoCheckpoints,
+    "mbsync": Mbsync,
+    "offlineimap": OfflineImap,
+}
