@@ -234,7 +234,11 @@ class State:
                     src_deleted integer default 0, run_id integer, updated text,
                     primary key (job, source, src_folder, src_validity, src_id))"""
             )
-            self.conn.execute("create index if not exists messages_dst on messages (job, dst_folder, status)")
+            # by destination folder (claimed); not by status, so that a checkpoint from
+            # pending to copied leaves the index alone (the index of schema 1's first
+            # releases had status in it: replaced)
+            self.conn.execute("drop index if exists messages_dst")
+            self.conn.execute("create index if not exists messages_dst_folder on messages (job, dst_folder)")
             self.conn.execute(
                 """create table if not exists errors (
                     id integer primary key, run_id integer, job text, folder text,
@@ -526,6 +530,35 @@ class State:
         destination altered when it stored it: "altered by the destination: ...")."""
         notes = reasons or {}
         self._upsert(ref, ((m, d, sha, status, notes.get(m.id)) for m, d, sha in msgs), run_id)
+
+    def confirm_sent(
+        self,
+        ref: FolderRef,
+        msgs: Sequence[tuple[MessageMeta, str | None, str | None]],
+        run_id: int,
+        reasons: Mapping[str, str] | None = None,
+    ) -> None:
+        """``mark_copied`` for messages checkpointed pending before they were sent: only
+        what the confirmation changes is written (destination id, status, reason, run,
+        time). A message with no pending row is written whole."""
+        if not self._write() or not msgs:
+            return
+        notes = reasons or {}
+        fk, ts = folder_key(ref.path), now()
+        validity = "src_validity = ?" if ref.validity is not None else "src_validity is ?"
+        with self._tx():
+            before = self.conn.total_changes
+            self.conn.executemany(
+                "update messages set dst_id = coalesce(?, dst_id), content_hash = coalesce(?, content_hash),"
+                " status = 'copied', reason = ?, run_id = ?, updated = ?"
+                f" where job = ? and source = ? and src_folder = ? and {validity} and src_id = ?",
+                [
+                    (dst_id, sha, notes.get(m.id), run_id, ts, ref.job, ref.source, fk, ref.validity, m.id)
+                    for m, dst_id, sha in msgs
+                ],
+            )
+            if self.conn.total_changes - before < len(msgs):  # some were not pending: write them whole
+                self.mark_copied(ref, msgs, run_id, reasons=reasons)
 
     def mark_skipped(
         self, ref: FolderRef, msgs: Sequence[tuple[MessageMeta, str]], run_id: int, status: str = "skipped"

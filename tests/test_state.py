@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -178,3 +179,36 @@ def test_a_transaction_commits_its_writes_together_or_none_of_them(tmp_path):
     fs = st.folder_state(R())
     assert fs.reconciled and fs.cursor == "c1"
     st.close()
+
+
+@pytest.mark.parametrize("validity", [7, None])
+def test_confirm_sent_updates_pending_rows_and_writes_unknown_ones_whole(tmp_path, validity):
+    st = State.open(tmp_path / "p.db")
+    ref = R(("INBOX",), validity)
+    st.set_folder(ref)
+    st.mark_pending(ref, [(M("1"), None), (M("2", mid=None), "h2")], 1)
+    # "2" keeps its pending hash; "3" was never checkpointed pending: written whole
+    st.confirm_sent(ref, [(M("1"), "d1", None), (M("2", mid=None), "d2", None), (M("3"), "d3", None)], 2,
+                    reasons={"1": "altered by the destination: stored 99 of 100 bytes"})  # fmt: skip
+    rows = st.db.execute("select src_id, dst_id, status, content_hash, reason, run_id from messages order by src_id")
+    assert rows.fetchall() == [
+        ("1", "d1", "copied", None, "altered by the destination: stored 99 of 100 bytes", 2),
+        ("2", "d2", "copied", "h2", None, 2),
+        ("3", "d3", "copied", None, None, 2),
+    ]
+    fs = st.folder_state(ref)
+    assert fs.done == {"1", "2", "3"} and fs.pending == frozenset()
+
+
+def test_an_old_state_db_gets_the_destination_index_without_status(tmp_path):
+    path = tmp_path / "old.db"
+    State.open(path).close()
+    with sqlite3.connect(path) as db:  # as the first releases made it
+        db.execute("drop index messages_dst_folder")
+        db.execute("create index messages_dst on messages (job, dst_folder, status)")
+    st = State.open(path)
+    names = {r[0] for r in st.db.execute("select name from sqlite_master where type = 'index'")}
+    assert "messages_dst_folder" in names and "messages_dst" not in names
+    plan = " ".join(str(r) for r in st.db.execute(
+        "explain query plan select message_id from messages where job = 'j' and dst_folder = 'INBOX'"))  # fmt: skip
+    assert "messages_dst_folder" in plan
