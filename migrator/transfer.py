@@ -12,8 +12,9 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from migrator.connectors.base import Destination, Source
 from migrator.errors import MessageError, MigratorError, TransientError
@@ -137,6 +138,14 @@ def preview_adaptations(
         adapt_items(dst, items, on_changed)
 
 
+class Prepared(NamedTuple):
+    """A fetched batch as it will be sent, checkpointed pending."""
+
+    items: list[tuple[MessageMeta, bytes]]
+    hashes: dict[str, str]  # content hashes of the messages without Message-ID
+    reserved: int  # bytes of the memory budget it holds
+
+
 @dataclass(slots=True)
 class FolderCopy:
     """Everything one folder's copy needs; built by the engine."""
@@ -194,27 +203,43 @@ class FolderCopy:
             elif self.memory:
                 self.memory.release(reserved)
 
+    def _prepared_batches(self, planned: Sequence[Sequence[MessageMeta]]) -> Iterator[Prepared]:
+        """Fetched batches as they will be sent (adapted to the destination), each
+        checkpointed "pending" before it is handed on: with the fetch one batch ahead,
+        that write overlaps the destination's work on the batch before (a batch
+        checkpointed pending and then not sent is reconciled like any unconfirmed one)."""
+        for items, reserved in self._fetch_batches(planned):
+            try:
+                items = adapt_items(self.dst, items, self.on_changed)
+                hashes = {m.id: content_hash(raw) for m, raw in items if not m.message_id}
+                self.state.mark_pending(self.ref, [(m, hashes.get(m.id)) for m, _ in items], self.run_id)
+            except BaseException:
+                if self.memory:
+                    self.memory.release(reserved)
+                raise
+            yield Prepared(items, hashes, reserved)
+
     def run(self, todo: Sequence[MessageMeta]) -> None:
-        """Copy ``todo``. Fetching runs one batch ahead of appending, in a thread, with
-        at most two batches in memory (a copy of one batch runs in this thread). Raises
-        what the connectors raise (TransientError, QuotaError, ...); per-message
-        refusals are recorded and the copy goes on."""
+        """Copy ``todo``. Fetching (and the pending checkpoint) runs one batch ahead of
+        appending, in a thread, with at most two batches in memory (a copy of one batch
+        runs in this thread). Raises what the connectors raise (TransientError,
+        QuotaError, ...); per-message refusals are recorded and the copy goes on."""
         if not todo:
             return
         planned = batches(todo, self.batch_bytes, self.batch_messages)
         if len(planned) == 1:  # nothing to overlap: fetch and send in this thread
-            for items, reserved in self._fetch_batches(planned):
-                self._send(items, reserved)
+            for batch in self._prepared_batches(planned):
+                self._send(batch)
             return
-        q: queue.Queue[tuple[list[tuple[MessageMeta, bytes]], int] | BaseException | None] = queue.Queue(maxsize=1)
+        q: queue.Queue[Prepared | BaseException | None] = queue.Queue(maxsize=1)
         stop = threading.Event()
 
         def produce() -> None:
             try:
-                for items in self._fetch_batches(planned):
+                for batch in self._prepared_batches(planned):
                     while not stop.is_set():
                         try:
-                            q.put(items, timeout=0.5)
+                            q.put(batch, timeout=0.5)
                             break
                         except queue.Full:
                             continue
@@ -233,19 +258,20 @@ class FolderCopy:
                     break
                 if isinstance(got, BaseException):
                     raise got
-                self._send(*got)
+                self._send(got)
         finally:
             stop.set()
             while producer.is_alive() or not q.empty():
                 try:
                     left = q.get_nowait()
-                    if isinstance(left, tuple) and self.memory:
-                        self.memory.release(left[1])
+                    if isinstance(left, Prepared) and self.memory:
+                        self.memory.release(left.reserved)
                 except queue.Empty:
                     producer.join(timeout=0.1)
 
-    def _send(self, items: list[tuple[MessageMeta, bytes]], reserved: int) -> None:
-        """Append one fetched batch, then release the memory it reserved."""
+    def _send(self, batch: Prepared) -> None:
+        """Append one prepared batch, then release the memory it reserved."""
+        items = batch.items
         try:
             if self.cancel is not None and self.cancel.is_set():
                 raise KeyboardInterrupt
@@ -253,16 +279,16 @@ class FolderCopy:
                 self.before_send()
             if self.limits is not None:
                 self.limits.take(len(items), sum(len(raw) for _, raw in items))
-            self._append(adapt_items(self.dst, items, self.on_changed))
+            self._append(items, batch.hashes)
             if self.on_batch is not None:
                 self.on_batch()
         finally:
             if self.memory:
-                self.memory.release(reserved)
+                self.memory.release(batch.reserved)
 
-    def _append(self, items: list[tuple[MessageMeta, bytes]]) -> None:
-        hashes = {m.id: content_hash(raw) for m, raw in items if not m.message_id}
-        self.state.mark_pending(self.ref, [(m, hashes.get(m.id)) for m, _ in items], self.run_id)
+    def _append(self, items: list[tuple[MessageMeta, bytes]], hashes: Mapping[str, str]) -> None:
+        """Append ``items`` (checkpointed pending already) and checkpoint what the
+        destination confirmed."""
         try:
             ids = self.dst.append(self.dst_folder, items)
         except MessageError as exc:
@@ -270,7 +296,7 @@ class FolderCopy:
                 self._failed(items[0][0], str(exc))
                 return
             for item in items:  # find the culprit: one by one
-                self._append([item])
+                self._append([item], hashes)
             return
         rows = [(m, d, hashes.get(m.id)) for (m, _), d in zip(items, ids, strict=True)]
         if self.on_stored is not None:
@@ -278,13 +304,13 @@ class FolderCopy:
         try:
             altered = self._altered(items, ids)
         except MigratorError as exc:  # the append is confirmed: checkpoint it whatever happens here
-            self.state.mark_copied(self.ref, rows, self.run_id)
+            self.state.confirm_sent(self.ref, rows, self.run_id)
             self.on_copied(len(items), sum(len(raw) for _, raw in items))
             if isinstance(exc, TransientError):
                 raise
             log.warning("%s: %s: stored sizes not checked: %s", self.ref.job, "/".join(self.ref.path), exc)
             return
-        self.state.mark_copied(self.ref, rows, self.run_id, reasons={a.id: a.reason for a in altered})
+        self.state.confirm_sent(self.ref, rows, self.run_id, reasons={a.id: a.reason for a in altered})
         self.on_copied(len(items), sum(len(raw) for _, raw in items))
         for entry in altered:
             if self.on_altered is not None:
