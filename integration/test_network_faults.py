@@ -227,6 +227,9 @@ FAULTS = {
     "drop-after-append-accepted": Fault("drop", "down", pattern=b"[APPENDUID ", before_line=True),
     # the first command's answer is cut short (login / capabilities)
     "drop-early": Fault("drop", "down", after=20),
+    # the connection is closed while the server has LOGIN to answer: imapclient calls
+    # that a LoginError ("socket error: EOF"), which must not fail the mailbox as refused
+    "drop-in-login": Fault("drop", "up", pattern=b" LOGIN "),
 }
 
 

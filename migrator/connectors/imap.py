@@ -454,6 +454,7 @@ def _login(client: IMAPClient, account: Account) -> None:
         else:  # LOGIN's quoted strings are ASCII only; AUTHENTICATE PLAIN carries UTF-8
             client.plain_login(user, password)
     except imap_exc.LoginError as exc:
+        _raise_if_connection_lost(host, exc)
         text = re.sub(r"^b'(.*)'$", r"\1", str(exc)).strip()
         if password:
             text = text.replace(password, "***")
@@ -471,10 +472,20 @@ def _oauth_login(client: IMAPClient, account: Account) -> None:
     try:
         client.oauth2_login(user, token)
     except imap_exc.LoginError as exc:
+        _raise_if_connection_lost(host, exc)
         text = re.sub(r"^b'(.*)'$", r"\1", str(exc)).strip().replace(token, "***")
         raise AuthError(f"{host}: XOAUTH2 login failed for {user}: {text}") from None
     except (OSError, imaplib.IMAP4.abort) as exc:
         raise ConnectError(f"{host}: connection lost during login: {exc}") from None
+
+
+def _raise_if_connection_lost(host: str | None, exc: imap_exc.LoginError) -> None:
+    """imapclient turns every imaplib error during LOGIN/AUTHENTICATE into LoginError,
+    a dropped connection ("socket error: EOF") included; that one is transient (a
+    retry may well log in), not a refused login that would fail the mailbox."""
+    cause = exc.__context__
+    if isinstance(cause, imaplib.IMAP4.abort | OSError):
+        raise ConnectError(f"{host}: connection lost during login: {cause}") from None
 
 
 def _shutdown(client: IMAPClient) -> None:
