@@ -923,7 +923,9 @@ def _network_account(
 
 
 def _known(endpoints: _Endpoints) -> str:
-    names = sorted(str(name) for name in endpoints.models)
+    # a name with blanks at its ends or unprintable characters (a NEL would end the
+    # one-line error) is shown quoted and escaped
+    names = sorted(n if n.isprintable() and n.strip() == n and n else repr(n) for n in map(str, endpoints.models))
     shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
     return shown or "none"
 
