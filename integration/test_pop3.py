@@ -382,6 +382,21 @@ def test_connection_cut_before_quit_deletes_nothing_then_the_retry_deletes(dovec
     assert runs(state)[-1][:2] == (len(messages), 0)
 
 
+def test_connection_dropped_at_login_is_retried_not_an_auth_failure(dovecot, small, dest, tmp_path):
+    """The connection closes before the server answers APOP: poplib calls that
+    "-ERR EOF", like a refused login; the engine must reconnect, not fail the mailbox."""
+    src_user, messages = small
+    state = tmp_path / "login.db"
+    with FaultProxy((dovecot.host, dovecot.pop3_port)) as proxy:
+        proxy.add(Fault("drop", "up", pattern=b"APOP "))
+        src = pop3_url(dovecot, src_user, port=proxy.port)
+        out = migrator("copy", src, imap_url(dovecot, dest), "--state", str(state))
+        assert proxy.count("drop") == 1 and proxy.connections >= 2
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "connection lost during login" in out.stderr, out.stderr
+    assert shas(snap(dovecot, dest)) == Counter(sha(m.raw) for m in messages)
+
+
 def test_after_copy_delete_deletes_only_what_was_copied(dovecot, small, dest, tmp_path):
     """Messages the plan's filter leaves out stay on the POP3 server; the rest go to
     the configured pop3_folder, marked \\Seen (pop3_seen), and leave the server."""

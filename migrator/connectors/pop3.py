@@ -75,6 +75,7 @@ CHUNK = 1 << 20  # longest piece read at once; longer lines are read in pieces
 INBOX = FolderInfo(("INBOX",), validity=None)
 _TIMESTAMP = re.compile(rb"\+OK[^<]*(<[^>]*>)")
 _RESP_CODE = re.compile(rb"^-ERR \[([A-Z0-9/-]+)\]", re.IGNORECASE)
+POPLIB_EOF = b"-ERR EOF"  # what poplib raises (error_proto) when the connection closes before an answer
 _TRANSIENT_CODES = {"IN-USE", "SYS/TEMP", "LOGIN-DELAY"}
 
 
@@ -263,6 +264,7 @@ def _login(pop: poplib.POP3, account: Account) -> None:
             pop.pass_(password)
     except poplib.error_proto as exc:
         raw = _as_bytes(exc)
+        _raise_if_connection_lost(host, raw)
         text = _text(raw).replace(password, "***") if password else _text(raw)
         code = _RESP_CODE.match(raw)
         if code and code.group(1).decode().upper() in _TRANSIENT_CODES:
@@ -271,6 +273,13 @@ def _login(pop: poplib.POP3, account: Account) -> None:
         raise AuthError(f"{host}: {method} login failed for {user}: {text}{hint}") from None
     except OSError as exc:
         raise ConnectError(f"{host}: connection lost during login: {exc}") from None
+
+
+def _raise_if_connection_lost(host: str | None, raw: bytes) -> None:
+    """poplib reports a connection closed before the answer as error_proto("-ERR EOF"),
+    like a refused login; it is transient (retried), not a wrong password."""
+    if raw == POPLIB_EOF:
+        raise ConnectError(f"{host}: connection lost during login (closed by the server)")
 
 
 def _xoauth2(pop: poplib.POP3, account: Account) -> None:
@@ -293,6 +302,7 @@ def _xoauth2(pop: poplib.POP3, account: Account) -> None:
                 pop._shortcmd("")  # type: ignore[attr-defined]
             raise AuthError(f"{host}: XOAUTH2 login failed for {user}: {_decode_challenge(detail)}")
     except poplib.error_proto as exc:
+        _raise_if_connection_lost(host, _as_bytes(exc))
         text = _text(_as_bytes(exc)).replace(token, "***")
         raise AuthError(f"{host}: XOAUTH2 login failed for {user}: {text}") from None
     except OSError as exc:
