@@ -74,7 +74,8 @@ class ExoRules:
 class Event:
     at: float  # time.monotonic()
     conn: int
-    kind: str  # "append", "throttled", "toobig", "longline", "bye-expired", "login", "rewritten"
+    kind: str  # "append", "throttled", "toobig", "longline", "bye-expired", "login", "rewritten",
+    # and why a session ended early: "setup-failed", "client-side-error", "server-side-error"
     detail: str = ""
     mailbox: str = ""  # the APPEND's target folder (as sent, mUTF-7), for APPEND events
 
@@ -127,7 +128,9 @@ class ExoProxy:
             self._sock = None
         with self._counters.lock:
             conns = list(self._conns)
-        for c in conns:
+        for c in conns:  # shutdown first: it wakes a pump blocked in recv (close alone
+            with contextlib.suppress(OSError):  # does not while a makefile() holds the socket)
+                c.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 c.close()
 
@@ -171,12 +174,17 @@ class ExoProxy:
             raw.settimeout(30)
             client = self._ctx.wrap_socket(raw, server_side=True)
             upstream = socket.create_connection(self.upstream, timeout=30)
-        except OSError:
+        except OSError as exc:
+            self.record(cid, "setup-failed", repr(exc))
             with contextlib.suppress(OSError):
                 raw.close()
             return
+        # an idle session is not an error (Exchange keeps one for 30 minutes): no read
+        # timeout from here on; stop() closes the sockets, which ends both pumps
+        client.settimeout(None)
+        upstream.settimeout(None)
         with self._counters.lock:
-            self._conns.append(upstream)
+            self._conns += [client, upstream]  # (wrap_socket detached raw: stop() closes these)
         _Session(self, cid, client, upstream).run()
 
 
@@ -201,8 +209,8 @@ class _Session:
         pump.start()
         try:
             self._client_to_server()
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as exc:
+            self.proxy.record(self.cid, "client-side-error", repr(exc))
         finally:
             self._close()
             pump.join(timeout=5)
@@ -236,8 +244,9 @@ class _Session:
                     out += [data, rest]
                     m = _LITERAL.search(rest)
                 self._to_client(b"".join(out))
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as exc:
+            if not self.closed.is_set():
+                self.proxy.record(self.cid, "server-side-error", repr(exc))
         finally:
             self.closed.set()
             with contextlib.suppress(OSError):

@@ -12,6 +12,7 @@ import email.policy
 import json
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -417,6 +418,13 @@ def special_messages() -> list[CorpusMessage]:
     ]
 
 
+def dovecot_trouble(exo: Exo) -> str:
+    """The Dovecot log lines that explain a dropped session (for failure messages)."""
+    lines = exo.dovecot.log_path.read_text(errors="replace").splitlines()
+    trouble = re.compile(r"Error|Fatal|Panic|Warning|Disconnected(?!: Logged out)")
+    return "\n".join([ln for ln in lines if trouble.search(ln)][-30:])
+
+
 def migrator_cli(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "migrator", *args],
@@ -490,7 +498,8 @@ mailboxes_csv: users.csv
         "run", str(plan), "--report", str(tmp_path / "run.json"), "--log-json", str(tmp_path / "log.jsonl"), env=env
     )
     took = time.time() - started
-    assert run.returncode == 0, run.stdout + run.stderr
+    odd = [e for e in proxy.events if e.kind not in ("append", "login", "throttled", "toobig", "rewritten")]
+    assert run.returncode == 0, f"{run.stdout}{run.stderr}\nproxy: {odd}\n{dovecot_trouble(exo)}"
     report = json.loads((tmp_path / "run.json").read_text())
     totals = report["totals"]
     # a throttle can land inside a pipeline of APPENDs: the ones the server had already
