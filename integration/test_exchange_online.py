@@ -1,7 +1,7 @@
 """The exchange-online connector against Dovecot behind a proxy that answers like
 Exchange Online (integration/exoproxy.py), logging in with XOAUTH2 tokens from a local
 token endpoint (integration/tokenserver.py) that Dovecot checks through its oauth2
-passdb. Connector-level rules here; the end-to-end run is in test_exo_run.py.
+passdb: the connector-level rules, then an end-to-end run (expiring tokens, throttling).
 """
 
 from __future__ import annotations
