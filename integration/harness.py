@@ -150,7 +150,14 @@ def check_state(db: Path) -> StateCheck:
     conn = sqlite3.connect(str(db), timeout=30)
     try:
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type = 'table'")}
+        if "messages" not in tables:  # killed before its schema was committed
+            return StateCheck(integrity, 0, {}, {})
         statuses = dict(conn.execute("select status, count(*) from messages group by status").fetchall())
+        if "inflight" in tables:  # batches journaled before their APPEND: pending rows too
+            (journaled,) = conn.execute("select coalesce(sum(json_array_length(rows)), 0) from inflight").fetchone()
+            if journaled:
+                statuses["pending"] = statuses.get("pending", 0) + journaled
         done: dict[tuple[str, ...], int] = {}
         for dst_folder, n in conn.execute(
             "select dst_folder, count(*) from messages where status in ('copied', 'matched') group by dst_folder"

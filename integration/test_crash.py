@@ -8,7 +8,7 @@ Kill moments are drawn at random among three strategies:
   fetching, appending, committing: wherever it happens to be);
 * ``commit``: the test polls the state DB and kills right after its message rows
   change (just after a ``pending`` or ``copied`` commit);
-* ``pending``: kills right after new ``pending`` rows appear, i.e. while the batch is
+* ``pending``: kills right after a new batch is checkpointed pending, i.e. while it is
   being appended (the window where the destination may hold messages the checkpoint
   does not confirm).
 
@@ -96,7 +96,9 @@ def _signature(db: Path) -> tuple[int, int, int] | None:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5)
         try:
             row = conn.execute(
-                "select count(*), total(status in ('copied', 'matched')), total(status = 'pending') from messages"
+                "select count(*), total(status in ('copied', 'matched')),"
+                " total(status = 'pending') + (select coalesce(sum(json_array_length(rows)), 0) from inflight)"
+                " from messages"
             ).fetchone()
         finally:
             conn.close()

@@ -9,7 +9,9 @@ transactions, WAL journal on local files. A message row reaches ``copied`` only
 after the destination confirmed it; before an APPEND the batch is recorded as
 ``pending`` so that a crash between the destination's acceptance and the
 checkpoint is recognised on resume (the destination is looked at before
-anything pending is sent again).
+anything pending is sent again). The copy core records a batch's pending state as one
+journal row (``inflight``), which reads as the pending rows: one write per message
+instead of two.
 
 Nothing secret is ever stored: job ids, folder names, Message-IDs, sizes, ids.
 
@@ -30,6 +32,10 @@ Schema (version 1)::
 ``job`` is the mailbox id, ``source`` the source store's label (``Account.describe()``,
 no secrets): one job may merge several sources into one destination. ``flags`` (JSON
 list) are the flags last given to the destination copy (mirror mode compares them).
+    inflight(id PK, job, source, src_folder, src_validity, dst_folder, run_id, updated, rows)
+             a batch checkpointed before its APPEND, in one row (``rows``: JSON list of
+             [src_id, size, message_id, content_hash, flags]); replaced by its messages'
+             rows when the destination confirms it, read as their pending rows until then
     errors(id PK, run_id, job, folder, src_id, kind, message, at)
     marks(job, dst_folder, validity, uidnext, updated)  PK (job, dst_folder)
              the destination folder's (UIDVALIDITY, UIDNEXT) after this job last
@@ -97,6 +103,25 @@ def flags_text(flags: Iterable[str]) -> str:
 
 
 NO_VALIDITY = 0  # stored for stores without UIDVALIDITY (IMAP's is never 0, RFC 3501)
+
+
+MESSAGES_TABLE = """create table if not exists {schema}messages (
+    job text, source text, src_folder text, src_validity integer, src_id text,
+    dst_folder text, dst_id text, size integer, message_id text,
+    content_hash text, flags text, status text, reason text,
+    src_deleted integer default 0, run_id integer, updated text,
+    primary key (job, source, src_folder, src_validity, src_id))"""
+
+# a journaled batch's messages as pending rows (what mark_pending writes)
+_EXPAND = (
+    "insert into messages (job, source, src_folder, src_validity, src_id, dst_folder, size, message_id,"
+    " content_hash, flags, status, reason, run_id, updated)"
+    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', null, ?, ?)"
+    " on conflict (job, source, src_folder, src_validity, src_id) do update set"
+    " dst_folder = excluded.dst_folder, size = excluded.size, message_id = excluded.message_id,"
+    " content_hash = coalesce(excluded.content_hash, content_hash), flags = excluded.flags,"
+    " status = 'pending', reason = null, run_id = excluded.run_id, updated = excluded.updated"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +202,7 @@ class State:
                 conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
             state = cls(conn, path, readonly=True)
             state._check_version()
+            state._shadow_inflight()
             return state
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
@@ -192,6 +218,7 @@ class State:
         conn.execute("PRAGMA synchronous=NORMAL")
         state = cls(conn, path)
         state._create_schema()
+        state.expand_pending()  # batches a killed run had in flight
         return state
 
     def close(self) -> None:
@@ -226,13 +253,11 @@ class State:
                     reconciled integer default 0, cursor text, updated text,
                     primary key (job, source, src_folder))"""
             )
+            self.conn.execute(MESSAGES_TABLE.format(schema=""))
             self.conn.execute(
-                """create table if not exists messages (
-                    job text, source text, src_folder text, src_validity integer, src_id text,
-                    dst_folder text, dst_id text, size integer, message_id text,
-                    content_hash text, flags text, status text, reason text,
-                    src_deleted integer default 0, run_id integer, updated text,
-                    primary key (job, source, src_folder, src_validity, src_id))"""
+                """create table if not exists inflight (
+                    id integer primary key, job text, source text, src_folder text,
+                    src_validity integer, dst_folder text, run_id integer, updated text, rows text)"""
             )
             # by destination folder (claimed); not by status, so that a checkpoint from
             # pending to copied leaves the index alone (the index of schema 1's first
@@ -511,6 +536,73 @@ class State:
                 ],
             )  # fmt: skip
 
+    def journal_pending(self, ref: FolderRef, msgs: Sequence[tuple[MessageMeta, str | None]], run_id: int) -> int:
+        """What ``mark_pending`` records, as one journal row for the whole batch (one
+        write instead of one per message; ``confirm_sent(..., ticket=)`` turns it into
+        the messages' rows). Until then it counts as the batch's pending rows: it is
+        expanded into them by ``expand_pending`` (a failed or interrupted copy, the next
+        open after a crash) and read as them by a read-only state. Returns the ticket
+        (0: nothing written, a read-only state)."""
+        if not self._write() or not msgs:
+            return 0
+        texts: dict[frozenset[str], str] = {}  # a batch holds few distinct flag sets
+        rows = [
+            (m.id, m.size, m.message_id, sha, texts.get(m.flags) or texts.setdefault(m.flags, flags_text(m.flags)))
+            for m, sha in msgs
+        ]
+        with self._tx():
+            cur = self.conn.execute(
+                "insert into inflight (job, source, src_folder, src_validity, dst_folder, run_id, updated, rows)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?)",
+                [ref.job, ref.source, folder_key(ref.path), ref.validity, folder_key(ref.dst), run_id, now(),
+                 json.dumps(rows, separators=(",", ":"))],
+            )  # fmt: skip
+            return int(cur.lastrowid or 0)
+
+    def expand_pending(self, tickets: Iterable[int] | None = None) -> int:
+        """Turn journaled batches (``tickets``, or all) into pending message rows; how many rows."""
+        if not self._write():
+            return 0
+        with self._tx():
+            wanted = None if tickets is None else sorted(set(tickets))
+            if wanted == []:
+                return 0
+            sql = "select id, job, source, src_folder, src_validity, dst_folder, run_id, updated, rows from inflight"
+            if wanted is not None:
+                sql += f" where id in ({','.join('?' * len(wanted))})"
+            found = self.conn.execute(sql, wanted or []).fetchall()
+            if not found:
+                return 0
+            n = self._expand_into(found)
+            self.conn.executemany("delete from inflight where id = ?", [(row[0],) for row in found])
+            return n
+
+    def _expand_into(self, found: Sequence[tuple]) -> int:  # type: ignore[type-arg]
+        params = [
+            (job, source, folder, validity, src_id, dst, size, mid, sha, flags, run_id, updated)
+            for _id, job, source, folder, validity, dst, run_id, updated, rows in found
+            for src_id, size, mid, sha, flags in json.loads(rows)
+        ]
+        self.conn.executemany(_EXPAND, params)
+        return len(params)
+
+    def _shadow_inflight(self) -> None:
+        """Read-only, with batches in flight (a run going on, or killed): every read of
+        ``messages`` goes to a private copy (a TEMP table shadows the file's) in which
+        they are pending rows, as a writable open would make them. Nothing is written
+        to the file."""
+        has = self.conn.execute("select 1 from sqlite_master where type = 'table' and name = 'inflight'").fetchone()
+        if not has:
+            return
+        found = self.conn.execute(
+            "select id, job, source, src_folder, src_validity, dst_folder, run_id, updated, rows from inflight"
+        ).fetchall()
+        if not found:
+            return
+        self.conn.execute(MESSAGES_TABLE.format(schema="temp."))
+        self.conn.execute("insert into temp.messages select * from main.messages")
+        self._expand_into(found)
+
     def mark_pending(self, ref: FolderRef, msgs: Sequence[tuple[MessageMeta, str | None]], run_id: int) -> None:
         """Before sending: these messages may reach the destination. ``msgs`` pairs each
         message with its content hash (given for messages without Message-ID)."""
@@ -537,11 +629,19 @@ class State:
         msgs: Sequence[tuple[MessageMeta, str | None, str | None]],
         run_id: int,
         reasons: Mapping[str, str] | None = None,
+        ticket: int = 0,
     ) -> None:
-        """``mark_copied`` for messages checkpointed pending before they were sent: only
-        what the confirmation changes is written (destination id, status, reason, run,
-        time). A message with no pending row is written whole."""
+        """``mark_copied`` for messages checkpointed pending before they were sent.
+        ``ticket``: the batch's journal entry (``journal_pending``), replaced by the
+        messages' rows in one transaction. Without one, only what the confirmation
+        changes is written to pending rows (destination id, status, reason, run, time);
+        a message with no pending row is written whole."""
         if not self._write() or not msgs:
+            return
+        if ticket:
+            with self._tx():
+                self.mark_copied(ref, msgs, run_id, reasons=reasons)
+                self.conn.execute("delete from inflight where id = ?", [ticket])
             return
         notes = reasons or {}
         fk, ts = folder_key(ref.path), now()

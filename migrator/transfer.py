@@ -11,9 +11,10 @@ import hashlib
 import logging
 import queue
 import re
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from migrator.connectors.base import Destination, Source
@@ -138,12 +139,16 @@ def preview_adaptations(
         adapt_items(dst, items, on_changed)
 
 
+Row = tuple[MessageMeta, str | None, str | None]  # (message, destination id, content hash)
+
+
 class Prepared(NamedTuple):
     """A fetched batch as it will be sent, checkpointed pending."""
 
     items: list[tuple[MessageMeta, bytes]]
     hashes: dict[str, str]  # content hashes of the messages without Message-ID
     reserved: int  # bytes of the memory budget it holds
+    ticket: int  # its pending checkpoint (State.journal_pending)
 
 
 @dataclass(slots=True)
@@ -175,6 +180,9 @@ class FolderCopy:
     on_batch: Callable[[], None] | None = None  # a batch was confirmed (grows the connection budget)
     on_stored: Callable[[Sequence[str | None]], None] | None = None  # the destination ids of a confirmed batch
     before_send: Callable[[], None] | None = None  # waits out a back-off the endpoint was given
+    # journaled batches (State.journal_pending) not yet confirmed nor expanded into
+    # pending rows: expanded when the copy stops early (producer adds, consumer removes)
+    _open_tickets: set[int] = field(default_factory=set)
 
     def _fetch_batches(
         self, planned: Sequence[Sequence[MessageMeta]]
@@ -212,12 +220,14 @@ class FolderCopy:
             try:
                 items = adapt_items(self.dst, items, self.on_changed)
                 hashes = {m.id: content_hash(raw) for m, raw in items if not m.message_id}
-                self.state.mark_pending(self.ref, [(m, hashes.get(m.id)) for m, _ in items], self.run_id)
+                pending = [(m, hashes.get(m.id)) for m, _ in items]
+                ticket = self.state.journal_pending(self.ref, pending, self.run_id)
+                self._open_tickets.add(ticket)
             except BaseException:
                 if self.memory:
                     self.memory.release(reserved)
                 raise
-            yield Prepared(items, hashes, reserved)
+            yield Prepared(items, hashes, reserved, ticket)
 
     def run(self, todo: Sequence[MessageMeta]) -> None:
         """Copy ``todo``. Fetching (and the pending checkpoint) runs one batch ahead of
@@ -226,6 +236,22 @@ class FolderCopy:
         QuotaError, ...); per-message refusals are recorded and the copy goes on."""
         if not todo:
             return
+        try:
+            self._run(todo)
+        except BaseException:
+            # batches journaled but not confirmed become pending rows now, so that a
+            # retry of the folder in this run reconciles them like any unconfirmed batch
+            self._expand_open_tickets()
+            raise
+
+    def _expand_open_tickets(self) -> None:
+        tickets, self._open_tickets = self._open_tickets, set()
+        try:
+            self.state.expand_pending(tickets - {0})
+        except sqlite3.Error as exc:  # left in the journal: the next open expands them
+            log.warning("%s: unconfirmed batches not recorded as pending yet: %s", self.ref.job, exc)
+
+    def _run(self, todo: Sequence[MessageMeta]) -> None:
         planned = batches(todo, self.batch_bytes, self.batch_messages)
         if len(planned) == 1:  # nothing to overlap: fetch and send in this thread
             for batch in self._prepared_batches(planned):
@@ -279,19 +305,22 @@ class FolderCopy:
                 self.before_send()
             if self.limits is not None:
                 self.limits.take(len(items), sum(len(raw) for _, raw in items))
-            self._append(items, batch.hashes)
+            self._append(items, batch.hashes, batch.ticket)
             if self.on_batch is not None:
                 self.on_batch()
         finally:
             if self.memory:
                 self.memory.release(batch.reserved)
 
-    def _append(self, items: list[tuple[MessageMeta, bytes]], hashes: Mapping[str, str]) -> None:
-        """Append ``items`` (checkpointed pending already) and checkpoint what the
-        destination confirmed."""
+    def _append(self, items: list[tuple[MessageMeta, bytes]], hashes: Mapping[str, str], ticket: int = 0) -> None:
+        """Append ``items`` (checkpointed pending already: journaled as ``ticket``, or
+        as pending rows) and checkpoint what the destination confirmed."""
         try:
             ids = self.dst.append(self.dst_folder, items)
         except MessageError as exc:
+            if ticket:  # settled message by message below: as pending rows first
+                self._open_tickets.discard(ticket)
+                self.state.expand_pending([ticket])
             if len(items) == 1:  # refused alone: this message fails, the copy goes on
                 self._failed(items[0][0], str(exc))
                 return
@@ -304,17 +333,21 @@ class FolderCopy:
         try:
             altered = self._altered(items, ids)
         except MigratorError as exc:  # the append is confirmed: checkpoint it whatever happens here
-            self.state.confirm_sent(self.ref, rows, self.run_id)
+            self._confirm(rows, ticket)
             self.on_copied(len(items), sum(len(raw) for _, raw in items))
             if isinstance(exc, TransientError):
                 raise
             log.warning("%s: %s: stored sizes not checked: %s", self.ref.job, "/".join(self.ref.path), exc)
             return
-        self.state.confirm_sent(self.ref, rows, self.run_id, reasons={a.id: a.reason for a in altered})
+        self._confirm(rows, ticket, reasons={a.id: a.reason for a in altered})
         self.on_copied(len(items), sum(len(raw) for _, raw in items))
         for entry in altered:
             if self.on_altered is not None:
                 self.on_altered(entry)
+
+    def _confirm(self, rows: list[Row], ticket: int, reasons: Mapping[str, str] | None = None) -> None:
+        self.state.confirm_sent(self.ref, rows, self.run_id, reasons=reasons, ticket=ticket)
+        self._open_tickets.discard(ticket)
 
     def _altered(self, items: list[tuple[MessageMeta, bytes]], ids: Sequence[str | None]) -> list[AlteredMessage]:
         """The appended messages the destination stored at another size (one request per

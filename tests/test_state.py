@@ -212,3 +212,64 @@ def test_an_old_state_db_gets_the_destination_index_without_status(tmp_path):
     plan = " ".join(str(r) for r in st.db.execute(
         "explain query plan select message_id from messages where job = 'j' and dst_folder = 'INBOX'"))  # fmt: skip
     assert "messages_dst_folder" in plan
+
+
+def _rows(st: State) -> list[tuple]:
+    return st.conn.execute(
+        "select src_id, dst_id, size, message_id, content_hash, flags, status, run_id from messages order by src_id"
+    ).fetchall()
+
+
+def test_a_journaled_batch_is_confirmed_into_copied_rows_in_one_step(tmp_path):
+    st = State.open(tmp_path / "p.db")
+    ref = R()
+    st.set_folder(ref)
+    batch = [(MessageMeta("1", 10, frozenset({"\\Seen", "$Work"}), None, "<a@x>"), None), (M("2", mid=None), "h2")]
+    ticket = st.journal_pending(ref, batch, 3)
+    assert ticket > 0 and _rows(st) == []  # one journal row, no message row yet
+    st.confirm_sent(ref, [(batch[0][0], "d1", None), (batch[1][0], "d2", "h2")], 3, ticket=ticket)
+    assert st.conn.execute("select count(*) from inflight").fetchone() == (0,)
+    assert _rows(st) == [
+        ("1", "d1", 10, "<a@x>", None, '["$Work", "\\\\Seen"]', "copied", 3),
+        ("2", "d2", 100, None, "h2", "[]", "copied", 3),
+    ]
+
+
+def test_a_journaled_batch_left_by_a_killed_run_is_pending_at_the_next_open(tmp_path):
+    path = tmp_path / "p.db"
+    st = State.open(path)
+    ref = R()
+    st.set_folder(ref)
+    st.mark_copied(ref, [(M("2", mid=None), "old-d2", None)], 1, status="failed")  # an earlier run's failure
+    st.journal_pending(ref, [(MessageMeta("1", 10, frozenset({"\\Seen"}), None, "<a@x>"), None),
+                             (M("2", mid=None), "h2")], 2)  # fmt: skip
+    # what a killed run leaves: the journal row, committed; nothing else
+    # a read-only open (status, dry run, verify) reads it as pending rows and writes nothing
+    ro = State.open(path, readonly=True)
+    assert ro.folder_state(ref).pending == {"1", "2"}
+    assert ro.folder_state(ref, ids=False).pending == {"1", "2"}
+    assert {r["job"]: r.get("pending") for r in ro.job_summary()} == {"j": 2}
+    ro.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("select count(*) from inflight").fetchone() == (1,)
+        assert db.execute("select status from messages").fetchall() == [("failed",)]
+    st.conn.close()  # the killed run
+    st = State.open(path)  # the next run
+    assert st.conn.execute("select count(*) from inflight").fetchone() == (0,)
+    assert _rows(st) == [
+        ("1", None, 10, "<a@x>", None, '["\\\\Seen"]', "pending", 2),
+        ("2", "old-d2", 100, None, "h2", "[]", "pending", 2),  # what mark_pending made of it
+    ]
+    fs = st.folder_state(ref)
+    assert fs.pending == {"1", "2"} and fs.failed == frozenset()
+
+
+def test_expanding_only_the_given_batches(tmp_path):
+    st = State.open(tmp_path / "p.db")
+    ref = R()
+    t1 = st.journal_pending(ref, [(M("1"), None)], 1)
+    t2 = st.journal_pending(ref, [(M("2"), None)], 1)
+    assert st.expand_pending([t2]) == 1 and st.expand_pending([]) == 0
+    assert [r[0] for r in _rows(st)] == ["2"]
+    assert st.conn.execute("select id from inflight").fetchall() == [(t1,)]
+    assert State.open(tmp_path / "r.db", readonly=True).journal_pending(ref, [(M("3"), None)], 1) == 0

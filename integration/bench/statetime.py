@@ -68,7 +68,8 @@ def main() -> None:
     state.State.__init__ = init  # type: ignore[method-assign]
     if os.environ.get("BENCH_CHECKPOINTS") == "off":  # the bench's migrator-nockpt: rows not written
         state.State._upsert = lambda self, ref, rows, run_id: None  # type: ignore[method-assign]
-        state.State.confirm_sent = lambda self, ref, msgs, run_id, reasons=None: None  # type: ignore[method-assign]
+        state.State.confirm_sent = lambda self, ref, msgs, run_id, reasons=None, ticket=0: None  # type: ignore[method-assign]
+        state.State.journal_pending = lambda self, ref, msgs, run_id: 0  # type: ignore[method-assign]
     target = os.environ.get("BENCH_STATE_FILE")
     if target:
 
