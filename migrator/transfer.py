@@ -142,52 +142,6 @@ def preview_adaptations(
 Row = tuple[MessageMeta, str | None, str | None]  # (message, destination id, content hash)
 
 
-class _Deferred:
-    """Checkpoint writes handed to one thread and done in order, so that the thread
-    sending batches goes on to the next APPEND instead of waiting for SQLite (the
-    destination would sit idle meanwhile). A confirmation written late is safe: until
-    it is written the batch is pending, and a pending batch is reconciled, never sent
-    twice. After a failed write the rest are skipped and the error is raised to the
-    sender; their batches stay pending."""
-
-    def __init__(self, name: str) -> None:
-        self._q: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._q.get()
-            try:
-                if job is None:
-                    return
-                if self._error is None:
-                    job()
-            except BaseException as exc:  # raised in the sender's thread
-                self._error = exc
-            finally:
-                self._q.task_done()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._raise()
-        self._q.put(job)
-
-    def drain(self) -> None:
-        """Wait until everything submitted is written; raise a write's error."""
-        self._q.join()
-        self._raise()
-
-    def close(self) -> None:
-        """Write what is queued, then stop the thread."""
-        self._q.put(None)
-        self._thread.join(timeout=120)
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-
 class Prepared(NamedTuple):
     """A fetched batch as it will be sent, checkpointed pending."""
 
@@ -229,7 +183,6 @@ class FolderCopy:
     # journaled batches (State.journal_pending) not yet confirmed nor expanded into
     # pending rows: expanded when the copy stops early (producer adds, consumer removes)
     _open_tickets: set[int] = field(default_factory=set)
-    _writer: _Deferred | None = None  # confirmations written off the sending thread (several batches)
 
     def _fetch_batches(
         self, planned: Sequence[Sequence[MessageMeta]]
@@ -324,7 +277,6 @@ class FolderCopy:
 
         producer = threading.Thread(target=produce, name=f"fetch-{self.ref.job}", daemon=True)
         producer.start()
-        writer = self._writer = _Deferred(f"checkpoint-{self.ref.job}")
         try:
             while True:
                 got = q.get()
@@ -333,10 +285,7 @@ class FolderCopy:
                 if isinstance(got, BaseException):
                     raise got
                 self._send(got)
-            writer.drain()
         finally:
-            self._writer = None
-            writer.close()  # confirmations still queued are written (the destination has those batches)
             stop.set()
             while producer.is_alive() or not q.empty():
                 try:
@@ -397,14 +346,8 @@ class FolderCopy:
                 self.on_altered(entry)
 
     def _confirm(self, rows: list[Row], ticket: int, reasons: Mapping[str, str] | None = None) -> None:
-        def write() -> None:
-            self.state.confirm_sent(self.ref, rows, self.run_id, reasons=reasons, ticket=ticket)
-            self._open_tickets.discard(ticket)
-
-        if self._writer is not None:
-            self._writer.submit(write)
-        else:
-            write()
+        self.state.confirm_sent(self.ref, rows, self.run_id, reasons=reasons, ticket=ticket)
+        self._open_tickets.discard(ticket)
 
     def _altered(self, items: list[tuple[MessageMeta, bytes]], ids: Sequence[str | None]) -> list[AlteredMessage]:
         """The appended messages the destination stored at another size (one request per
