@@ -15,7 +15,7 @@ instead of two.
 
 Nothing secret is ever stored: job ids, folder names, Message-IDs, sizes, ids.
 
-Schema (version 1)::
+Schema (version 2: version 1 had no ``inflight``; a DB is upgraded when opened)::
 
     meta(key PK, value)                     schema_version, created
     runs(id PK, started, finished, status, command, dry_run, copied, matched,
@@ -66,7 +66,7 @@ from migrator.model import FolderPath, MatchKey, MessageMeta, match_key
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the inflight journal (an older migrator would not read it as pending)
 DONE = ("copied", "matched")
 
 
@@ -239,6 +239,10 @@ class State:
             self.conn.execute(
                 "insert or ignore into meta (key, value) values ('schema_version', ?), ('created', ?)",
                 [str(SCHEMA_VERSION), now()],
+            )
+            self.conn.execute(  # upgrade: the new tables are created below
+                "update meta set value = ? where key = 'schema_version' and cast(value as integer) < ?",
+                [str(SCHEMA_VERSION), SCHEMA_VERSION],
             )
             self.conn.execute(
                 """create table if not exists runs (

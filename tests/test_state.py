@@ -29,7 +29,7 @@ def test_created_0600_with_schema(tmp_path):
     st.close()
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     st = State.open(path)
-    assert st.db.execute("select value from meta where key='schema_version'").fetchone()[0] == "1"
+    assert st.db.execute("select value from meta where key='schema_version'").fetchone()[0] == "2"
     assert {"runs", "folders", "messages", "errors", "meta"} <= set(st.db.table_names())
 
 
@@ -273,3 +273,19 @@ def test_expanding_only_the_given_batches(tmp_path):
     assert [r[0] for r in _rows(st)] == ["2"]
     assert st.conn.execute("select id from inflight").fetchall() == [(t1,)]
     assert State.open(tmp_path / "r.db", readonly=True).journal_pending(ref, [(M("3"), None)], 1) == 0
+
+
+def test_a_version_1_state_is_upgraded_and_a_newer_one_refused(tmp_path):
+    path = tmp_path / "v1.db"
+    State.open(path).close()
+    with sqlite3.connect(path) as db:  # as version 1 made it: no journal table
+        db.execute("drop table inflight")
+        db.execute("update meta set value = '1' where key = 'schema_version'")
+    st = State.open(path)
+    assert st.conn.execute("select value from meta where key = 'schema_version'").fetchone() == ("2",)
+    assert st.journal_pending(R(), [(M("1"), None)], 1) > 0
+    st.close()
+    with sqlite3.connect(path) as db:  # what this version's DB is to an older migrator
+        db.execute("update meta set value = '3' where key = 'schema_version'")
+    with pytest.raises(RuntimeError, match="state schema 3 is newer than this migrator"):
+        State.open(path)
