@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from migrator.errors import PlanError
+from migrator.files import read_bounded
 from migrator.model import Account, Filters, FolderRules, MailboxJob, OAuth, Options, Plan, Secret
 
 __all__ = ["check_secrets", "load_plan", "parse_size"]
@@ -61,7 +62,6 @@ EXO_HOST = "outlook.office365.com"
 # default ports: (tls, starttls/none)
 DEFAULT_PORTS = {"imap": (993, 143), "exchange-online": (993, 143), "pop3": (995, 110)}
 MAX_YAML_NODES = 5_000_000  # after alias expansion: refuses "billion laughs" documents, admits 100,000 mailboxes
-MAX_INPUT_BYTES = 256 * 1024 * 1024  # a plan or mailbox CSV larger than this is a mistake (or /dev/zero)
 MAX_SIZE = 2**63 - 1  # sizes are stored in SQLite integers
 
 _ID_RE = re.compile(r"[A-Za-z0-9@._+-]{1,200}")
@@ -1169,23 +1169,6 @@ def _top(data: dict[Any, Any], problems: _Problems) -> _Top | None:
         return _Top.model_validate(cleaned)
     except ValidationError:  # pragma: no cover - only reported keys were removed
         return None
-
-
-def read_bounded(path: str | Path) -> bytes:
-    """The bytes of a regular file of at most MAX_INPUT_BYTES; OSError (with strerror)
-    for anything else, so that a device, a FIFO or a huge export is refused at once."""
-    import stat
-
-    with open(path, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(0, "not a regular file")
-        if st.st_size > MAX_INPUT_BYTES:
-            raise OSError(0, f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
-        data = fh.read(MAX_INPUT_BYTES + 1)
-    if len(data) > MAX_INPUT_BYTES:
-        raise OSError(0, f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
-    return data
 
 
 def _read_plan_text(display: str, path: str | Path) -> str:

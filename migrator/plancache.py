@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from migrator.errors import PlanError
+from migrator.files import read_bounded
 from migrator.model import Plan, Secret
 
 FORMAT = b"migrator-plan-cache-1"
@@ -139,15 +140,11 @@ def _store(file: Path, plan: Plan) -> None:
 
 
 def _small_file(path: Path) -> bytes | None:
-    """A regular file's bytes (at most MAX_BYTES), or None: ``load_plan`` then reads
-    it again and reports what is wrong with it."""
+    """The plan file's bytes, or None: ``load_plan`` then reads it again and reports
+    what is wrong with it."""
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_BYTES:
-                return None
-            return fh.read(MAX_BYTES + 1)
-    except OSError:
+        return read_bounded(path)
+    except (OSError, ValueError):
         return None
 
 
