@@ -112,15 +112,18 @@ MESSAGES_TABLE = """create table if not exists {schema}messages (
     src_deleted integer default 0, run_id integer, updated text,
     primary key (job, source, src_folder, src_validity, src_id))"""
 
-# a journaled batch's messages as pending rows (what mark_pending writes)
-_EXPAND = (
-    "insert into messages (job, source, src_folder, src_validity, src_id, dst_folder, size, message_id,"
-    " content_hash, flags, status, reason, run_id, updated)"
-    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', null, ?, ?)"
+# one message's row, written whole (every status change but a confirmation of a pending
+# row, State.confirm_sent); a destination id or hash already known is kept when none is given
+_UPSERT = (
+    "insert into messages (job, source, src_folder, src_validity, src_id, dst_folder, dst_id, size,"
+    " message_id, content_hash, flags, status, reason, run_id, updated)"
+    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " on conflict (job, source, src_folder, src_validity, src_id) do update set"
-    " dst_folder = excluded.dst_folder, size = excluded.size, message_id = excluded.message_id,"
-    " content_hash = coalesce(excluded.content_hash, content_hash), flags = excluded.flags,"
-    " status = 'pending', reason = null, run_id = excluded.run_id, updated = excluded.updated"
+    " dst_folder = excluded.dst_folder, dst_id = coalesce(excluded.dst_id, dst_id),"
+    " size = excluded.size, message_id = excluded.message_id,"
+    " content_hash = coalesce(excluded.content_hash, content_hash),"
+    " flags = excluded.flags, status = excluded.status, reason = excluded.reason,"
+    " run_id = excluded.run_id, updated = excluded.updated"
 )
 
 
@@ -523,15 +526,7 @@ class State:
         texts: dict[frozenset[str], str] = {}  # a batch holds few distinct flag sets
         with self._tx():
             self.conn.executemany(
-                "insert into messages (job, source, src_folder, src_validity, src_id, dst_folder, dst_id, size,"
-                " message_id, content_hash, flags, status, reason, run_id, updated)"
-                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " on conflict (job, source, src_folder, src_validity, src_id) do update set"
-                " dst_folder = excluded.dst_folder, dst_id = coalesce(excluded.dst_id, dst_id),"
-                " size = excluded.size, message_id = excluded.message_id,"
-                " content_hash = coalesce(excluded.content_hash, content_hash),"
-                " flags = excluded.flags, status = excluded.status, reason = excluded.reason,"
-                " run_id = excluded.run_id, updated = excluded.updated",
+                _UPSERT,
                 [
                     (ref.job, ref.source, fk, ref.validity, m.id, dk, dst_id, m.size, m.message_id, sha,
                      texts.get(m.flags) or texts.setdefault(m.flags, flags_text(m.flags)), status, reason,
@@ -582,12 +577,13 @@ class State:
             return n
 
     def _expand_into(self, found: Sequence[tuple]) -> int:  # type: ignore[type-arg]
+        """The journaled batches ``found`` as the pending rows ``mark_pending`` writes."""
         params = [
-            (job, source, folder, validity, src_id, dst, size, mid, sha, flags, run_id, updated)
+            (job, source, folder, validity, src_id, dst, None, size, mid, sha, flags, "pending", None, run_id, updated)
             for _id, job, source, folder, validity, dst, run_id, updated, rows in found
             for src_id, size, mid, sha, flags in json.loads(rows)
         ]
-        self.conn.executemany(_EXPAND, params)
+        self.conn.executemany(_UPSERT, params)
         return len(params)
 
     def _shadow_inflight(self) -> None:
@@ -649,13 +645,12 @@ class State:
             return
         notes = reasons or {}
         fk, ts = folder_key(ref.path), now()
-        validity = "src_validity = ?" if ref.validity is not None else "src_validity is ?"
         with self._tx():
             before = self.conn.total_changes
             self.conn.executemany(
                 "update messages set dst_id = coalesce(?, dst_id), content_hash = coalesce(?, content_hash),"
                 " status = 'copied', reason = ?, run_id = ?, updated = ?"
-                f" where job = ? and source = ? and src_folder = ? and {validity} and src_id = ?",
+                " where job = ? and source = ? and src_folder = ? and src_validity = ? and src_id = ?",
                 [
                     (dst_id, sha, notes.get(m.id), run_id, ts, ref.job, ref.source, fk, ref.validity, m.id)
                     for m, dst_id, sha in msgs

@@ -222,7 +222,8 @@ class FolderCopy:
                 hashes = {m.id: content_hash(raw) for m, raw in items if not m.message_id}
                 pending = [(m, hashes.get(m.id)) for m, _ in items]
                 ticket = self.state.journal_pending(self.ref, pending, self.run_id)
-                self._open_tickets.add(ticket)
+                if ticket:  # 0: a read-only state wrote nothing
+                    self._open_tickets.add(ticket)
             except BaseException:
                 if self.memory:
                     self.memory.release(reserved)
@@ -247,7 +248,7 @@ class FolderCopy:
     def _expand_open_tickets(self) -> None:
         tickets, self._open_tickets = self._open_tickets, set()
         try:
-            self.state.expand_pending(tickets - {0})
+            self.state.expand_pending(tickets)
         except sqlite3.Error as exc:  # left in the journal: the next open expands them
             log.warning("%s: unconfirmed batches not recorded as pending yet: %s", self.ref.job, exc)
 
